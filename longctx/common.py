@@ -1,0 +1,129 @@
+"""Small pieces every verb shares: user-facing errors, atomic output, run metadata, paths."""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger("longctx")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("LONGCTX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+class LongctxError(Exception):
+    """An expected mistake (bad input, missing file, refused overwrite).
+
+    The CLI prints it as one line and exits non-zero, without a traceback."""
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[longctx] %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+
+    A crash therefore never leaves a half-written file that looks complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise LongctxError(f"{path}: {what} not found")
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise LongctxError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise LongctxError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def prepare_output_dir(out: str | os.PathLike, force: bool = False) -> Path:
+    """Create `out`; refuse to reuse a non-empty folder unless `force` (nothing a user made is overwritten unasked)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LongctxError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise LongctxError(f"{out}: output folder is not empty (pass --force to overwrite)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+_VERSIONED = ("longctx", "torch", "transformers", "tokenizers", "datasets", "accelerate", "safetensors", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the longctx checkout in use, with '-dirty' when it has uncommitted changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_metadata(config: dict[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
+    """What every result records: its config, seed, package versions and git commit."""
+    meta: dict[str, Any] = {"versions": package_versions(), "git_commit": git_commit(), "argv": sys.argv}
+    if seed is not None:
+        meta["seed"] = seed
+    if config is not None:
+        meta["config"] = config
+    return meta
+
+
+def shared_data(relative: str) -> Path:
+    """Path to a file under ../shared/data (used by tests and benchmarks; never committed)."""
+    return SHARED_DATA / relative

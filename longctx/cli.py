@@ -100,6 +100,15 @@ def run_command(name: str, argv: list[str]) -> Any:
     fn = resolve(COMMANDS[name])
     if hasattr(fn, "cli"):  # a verb with sub-verbs of its own (e.g. `longctx kfp compile`)
         return fn.cli(argv)
+    if hasattr(fn, "route"):  # a field (e.g. finetune's `task`) selects which function's fields apply
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config")
+        pre.add_argument("--task")
+        known, _ = pre.parse_known_args(argv)
+        peek = load_recipe(known.config) if known.config else {}
+        if known.task:
+            peek["task"] = known.task
+        fn = fn.route(peek)
     args = vars(command_parser(name, fn).parse_args(argv))
     recipe = args.pop("config", None)
     values = load_recipe(recipe) if recipe else {}

@@ -127,3 +127,20 @@ def run_metadata(config: dict[str, Any] | None = None, seed: int | None = None) 
 def shared_data(relative: str) -> Path:
     """Path to a file under ../shared/data (used by tests and benchmarks; never committed)."""
     return SHARED_DATA / relative
+
+
+def precision_flags(precision: str) -> tuple[str, dict[str, bool]]:
+    """Resolve "auto"|"fp32"|"fp16"|"bf16" to TrainingArguments flags for the device at hand.
+
+    auto is fp16 on a GPU and bf16 on a CPU. fp16 on a CPU is refused: transformers would silently
+    train in fp32 there, which is both slower and not what was asked for."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = "fp16" if cuda else "bf16"
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise LongctxError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+    if precision == "fp16" and not cuda:
+        raise LongctxError("precision fp16 needs a GPU (on CPU transformers silently trains fp32); use bf16 or fp32")
+    return precision, {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}

@@ -174,7 +174,7 @@ def add_length_guard(model):
     return model
 
 
-def to_long(model: str, out: str, *, max_pos: int = 4096, attention_window: int = 512, force: bool = False):
+def to_long(model: str | os.PathLike, out: str | os.PathLike, *, max_pos: int = 4096, attention_window: int = 512, force: bool = False):
     """Convert an encoder to a Longformer with `max_pos` positions and save it (with its tokenizer) to `out`.
 
     Returns the converted model (LongformerForMaskedLM when the source has an MLM head, else LongformerModel).
@@ -183,6 +183,7 @@ def to_long(model: str, out: str, *, max_pos: int = 4096, attention_window: int 
     from transformers import LongformerForMaskedLM, LongformerModel
 
     start = time.perf_counter()
+    model = str(model)
     if attention_window <= 0 or attention_window % 2:
         raise LongctxError(f"attention window must be a positive even number, got {attention_window}")
     if max_pos % attention_window:

@@ -1,0 +1,235 @@
+"""SQuAD-format QA data: local JSON files or Hugging Face hub datasets, as flat validated records.
+
+SQuAD 1.1, SQuAD 2.0 (`is_impossible`), XQuAD, MLQA and TyDi QA GoldP share the SQuAD layout
+`{"data": [{"title", "paragraphs": [{"context", "qas": [{"id", "question", "answers": [...]}]}]}], "version"}`.
+Every loader returns the same flat records:
+`{id, title, context, question, answers: {"text": [...], "answer_start": [...]}, is_impossible}`.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from longctx.common import LongctxError, log, read_json, write_json
+
+
+@dataclass
+class SquadData:
+    """Flat question records plus the SQuAD version ("1.1" or "2.0") and where they came from."""
+
+    examples: list[dict]
+    version: str
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+# Short names -> (hub repository, config, SQuAD version of its answers).
+_HUB = {
+    "squad": ("rajpurkar/squad", None, "1.1"),
+    "squad_v2": ("rajpurkar/squad_v2", None, "2.0"),
+    "tydiqa": ("google-research-datasets/tydiqa", "secondary_task", "1.1"),
+}
+
+
+def _hub_target(name: str) -> tuple[str, str | None, str]:
+    if name in _HUB:
+        return _HUB[name]
+    if name.startswith("xquad."):
+        return "google/xquad", name, "1.1"
+    if name.startswith("mlqa."):
+        return "facebook/mlqa", name, "1.1"
+    return name, None, "1.1"
+
+
+def load_squad(source: str, *, split: str | None = None, max_misaligned: float = 0.01) -> SquadData:
+    """Load SQuAD-format data from a local JSON file or a hub dataset name, validated.
+
+    Args:
+        source: path to a SQuAD-layout JSON file, or a hub name: squad, squad_v2, xquad.<lang>,
+            mlqa.<context lang>.<question lang>, tydiqa (GoldP), or any hub repository in that layout.
+        split: hub split (default: validation); not used for local files.
+        max_misaligned: largest fraction of answers whose text may differ from the context at
+            answer_start before loading fails (below it a warning gives the count).
+    """
+    source = os.fspath(source)
+    path = Path(source)
+    if path.exists():
+        with _no_gc():
+            examples, version = _parse_file(path)
+        label = str(path)
+    elif source.endswith(".json") or (os.sep in source and not _looks_like_repo(source)):
+        raise LongctxError(f"{source}: SQuAD file not found")
+    else:
+        examples, version = _load_hub(source, split or "validation")
+        label = f"{source} ({split or 'validation'})"
+    _check(examples, label, max_misaligned)
+    return SquadData(examples=examples, version=version, source=label)
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """Pause the cyclic GC: building ~10^5 small dicts next to a large parsed JSON tree otherwise
+    triggers repeated full collections that triple the load time (none of these objects form cycles)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _looks_like_repo(source: str) -> bool:
+    """'owner/name' is a hub repository; './x', '/x' or 'a/b/c' are paths that do not exist."""
+    return source.count("/") == 1 and not source.startswith((".", "/"))
+
+
+class _BadRecord(Exception):
+    """A field problem; `_parse_file` adds where it happened (cheaper than formatting it for every record)."""
+
+
+def _field(obj: Any, key: str, kind: type) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise _BadRecord(f"missing field '{key}'")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise _BadRecord(f"field '{key}' must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _parse_file(path: Path) -> tuple[list[dict], str]:
+    obj = read_json(path, "SQuAD file")
+    if not isinstance(obj, dict):
+        raise LongctxError(f"{path}: not a SQuAD file (expected an object with a 'data' list)")
+    examples: list[dict] = []
+    v2 = str(obj.get("version", "")).lstrip("v").startswith("2")
+    a = p = q = qid = None
+    try:
+        for a, article in enumerate(_field(obj, "data", list)):
+            p = q = qid = None
+            title = article.get("title", "") if isinstance(article, dict) else ""
+            for p, para in enumerate(_field(article, "paragraphs", list)):
+                q = qid = None
+                context = _field(para, "context", str)
+                for q, qa in enumerate(_field(para, "qas", list)):
+                    qid = None
+                    qid = _field(qa, "id", str)
+                    question = _field(qa, "question", str)
+                    texts, starts = [], []
+                    for answer in _field(qa, "answers", list):
+                        texts.append(_field(answer, "text", str))
+                        starts.append(_field(answer, "answer_start", int))
+                    impossible = bool(qa.get("is_impossible", False))
+                    v2 = v2 or impossible
+                    examples.append({"id": qid, "title": title, "context": context, "question": question,
+                                     "answers": {"text": texts, "answer_start": starts},
+                                     "is_impossible": impossible})
+    except _BadRecord as e:
+        if qid is not None:
+            where = f"question {qid}"
+        else:
+            where = " ".join(f"{name} {i}" for name, i in (("article", a), ("paragraph", p), ("question", q))
+                             if i is not None)
+        raise LongctxError(f"{path}: {where + ': ' if where else ''}{e}") from None
+    return examples, "2.0" if v2 else "1.1"
+
+
+def _check(examples: list[dict], source: str, max_misaligned: float) -> None:
+    """Duplicate ids and empty contexts fail; misaligned answer spans fail above `max_misaligned`."""
+    seen: set[str] = set()
+    misaligned: list[str] = []
+    n_answers = 0
+    for ex in examples:
+        qid, context = ex["id"], ex["context"]
+        if qid in seen:
+            raise LongctxError(f"{source}: question {qid}: duplicate question id")
+        seen.add(qid)
+        if not context.strip():
+            raise LongctxError(f"{source}: question {qid}: empty context")
+        for text, start in zip(ex["answers"]["text"], ex["answers"]["answer_start"]):
+            n_answers += 1
+            if start < 0 or context[start:start + len(text)] != text:
+                misaligned.append(qid)
+    if misaligned:
+        fraction = len(misaligned) / n_answers
+        message = (f"{source}: {len(misaligned)} of {n_answers} answers ({fraction:.2%}) are not found at "
+                   f"their answer_start")
+        if fraction > max_misaligned:
+            raise LongctxError(f"{message}, more than max_misaligned={max_misaligned:g}; "
+                               f"first: {', '.join(list(dict.fromkeys(misaligned))[:5])}")
+        log.warning(message)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub endpoint: without it `datasets` retries for ~25 s before failing."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # the proxy resolves the name; let datasets try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hub(name: str, split: str) -> tuple[list[dict], str]:
+    repo, config, version = _hub_target(name)
+    unreachable = (f"cannot reach the Hugging Face hub to load '{name}'; download the JSON and pass its path")
+    # Offline mode lets datasets answer from its cache (or fail) at once; online, probe first.
+    if not _offline() and not _hub_reachable():
+        raise LongctxError(unreachable)
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(repo, config, split=split).to_list()
+    except ConnectionError:
+        raise LongctxError(f"{unreachable} (offline mode is on and no cached copy was found)"
+                           if _offline() else unreachable) from None
+    except Exception as e:  # bad config/split names and missing repositories come in many types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LongctxError(f"{name}: cannot load {repo}{f' ({config})' if config else ''} split '{split}' "
+                           f"from the Hugging Face hub: {first}") from None
+    examples = []
+    for r in rows:
+        answers = r.get("answers") or {"text": [], "answer_start": []}
+        examples.append({"id": str(r["id"]), "title": r.get("title", ""), "context": r["context"],
+                         "question": r["question"],
+                         "answers": {"text": list(answers["text"]), "answer_start": list(answers["answer_start"])},
+                         "is_impossible": version == "2.0" and not answers["text"]})
+    return examples, version
+
+
+def to_squad_json(examples: list[dict], version: str = "1.1") -> dict:
+    """The official nested layout, grouping questions by title then context (first-seen order)."""
+    v2 = str(version).lstrip("v").startswith("2")
+    articles: dict[str, dict[str, list]] = {}
+    for ex in examples:
+        qa: dict[str, Any] = {
+            "answers": [{"answer_start": s, "text": t}
+                        for t, s in zip(ex["answers"]["text"], ex["answers"]["answer_start"])],
+            "question": ex["question"], "id": ex["id"]}
+        if v2:
+            qa["is_impossible"] = bool(ex.get("is_impossible", False))
+        articles.setdefault(ex.get("title", ""), {}).setdefault(ex["context"], []).append(qa)
+    return {"data": [{"title": title, "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs.items()]}
+                     for title, paragraphs in articles.items()],
+            "version": "v2.0" if v2 else "1.1"}
+
+
+def write_squad(examples: list[dict], path: str | os.PathLike, version: str = "1.1") -> Path:
+    """Write `examples` as an official-layout SQuAD JSON file (atomically)."""
+    return write_json(path, to_squad_json(examples, version), indent=None)

@@ -1,0 +1,167 @@
+"""SQuAD-format loading: validation errors name the file and the question, v2, round trips, real files."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+import pytest
+
+from longctx.common import LongctxError
+from longctx.data import squad
+from longctx.data.squad import SquadData, load_squad, to_squad_json, write_squad
+
+CONTEXT = "Paris is the capital of France. The Eiffel Tower is in Paris."
+TINY = {"version": "1.1", "data": [{"title": "Paris", "paragraphs": [{"context": CONTEXT, "qas": [
+    {"id": "q1", "question": "What is the capital of France?", "answers": [{"answer_start": 0, "text": "Paris"}]},
+    {"id": "q2", "question": "What is in Paris?",
+     "answers": [{"answer_start": 32, "text": "The Eiffel Tower"}, {"answer_start": 36, "text": "Eiffel Tower"}]},
+]}]}]}
+
+
+def write(tmp_path, obj, name="squad_tiny.json"):
+    path = tmp_path / name
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj), encoding="utf-8")
+    return path
+
+
+def tiny(edit=None):
+    """A deep copy of TINY, edited in place by `edit(data)`."""
+    data = copy.deepcopy(TINY)
+    if edit:
+        edit(data)
+    return data
+
+
+def qa(data, i):
+    return data["data"][0]["paragraphs"][0]["qas"][i]
+
+
+@pytest.fixture
+def warnings(caplog):
+    logger = logging.getLogger("longctx")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger="longctx")
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def test_loads_flat_records(tmp_path):
+    data = load_squad(str(write(tmp_path, TINY)))
+    assert isinstance(data, SquadData) and data.version == "1.1" and len(data) == 2
+    assert data.examples[1] == {"id": "q2", "title": "Paris", "context": CONTEXT, "question": "What is in Paris?",
+                                "answers": {"text": ["The Eiffel Tower", "Eiffel Tower"], "answer_start": [32, 36]},
+                                "is_impossible": False}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("data"), "missing field 'data'"),
+    (lambda d: d["data"][0].pop("paragraphs"), "article 0: missing field 'paragraphs'"),
+    (lambda d: d["data"][0]["paragraphs"][0].pop("context"), "article 0 paragraph 0: missing field 'context'"),
+    (lambda d: d["data"][0]["paragraphs"][0].pop("qas"), "article 0 paragraph 0: missing field 'qas'"),
+    (lambda d: qa(d, 1).pop("id"), "article 0 paragraph 0 question 1: missing field 'id'"),
+    (lambda d: qa(d, 1).pop("question"), "question q2: missing field 'question'"),
+    (lambda d: qa(d, 1).pop("answers"), "question q2: missing field 'answers'"),
+    (lambda d: qa(d, 1)["answers"][1].pop("answer_start"), "question q2: missing field 'answer_start'"),
+    (lambda d: qa(d, 1)["answers"][0].update(answer_start="32"), "question q2: field 'answer_start' must be a int"),
+    (lambda d: qa(d, 1).update(id="q1"), "question q1: duplicate question id"),
+    (lambda d: d["data"][0]["paragraphs"][0].update(context="  "), "question q1: empty context"),
+])
+def test_errors_name_the_file_and_the_record(tmp_path, edit, message):
+    path = write(tmp_path, tiny(edit))
+    with pytest.raises(LongctxError) as err:
+        load_squad(str(path))
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_invalid_json_names_line_and_column(tmp_path):
+    path = write(tmp_path, '{"data": [\n  {"title": "x",]\n}')
+    with pytest.raises(LongctxError, match=r"squad_tiny\.json: invalid JSON at line 2 column"):
+        load_squad(str(path))
+
+
+def test_missing_json_file_is_not_sent_to_the_hub(tmp_path):
+    with pytest.raises(LongctxError, match="nowhere.json: SQuAD file not found"):
+        load_squad(str(tmp_path / "nowhere.json"))
+
+
+def test_misaligned_answers_fail_above_the_limit(tmp_path):
+    data = tiny(lambda d: qa(d, 1)["answers"][0].update(answer_start=5))
+    path = write(tmp_path, data)
+    with pytest.raises(LongctxError, match=r"1 of 3 answers \(33\.33%\) are not found at their answer_start.*first: q2"):
+        load_squad(str(path))
+
+
+def test_misaligned_answers_below_the_limit_warn(tmp_path, warnings):
+    data = tiny(lambda d: qa(d, 1)["answers"][0].update(answer_start=5))
+    loaded = load_squad(str(write(tmp_path, data)), max_misaligned=0.5)
+    assert len(loaded) == 2
+    assert "1 of 3 answers (33.33%) are not found" in warnings.text
+
+
+def test_v2_impossible_questions(tmp_path):
+    data = tiny(lambda d: d["data"][0]["paragraphs"][0]["qas"].append(
+        {"id": "q3", "question": "What is the capital of Mars?", "answers": [], "is_impossible": True}))
+    loaded = load_squad(str(write(tmp_path, data)))
+    assert loaded.version == "2.0"  # an impossible question makes it 2.0 whatever "version" says
+    assert [e["is_impossible"] for e in loaded.examples] == [False, False, True]
+    assert loaded.examples[2]["answers"] == {"text": [], "answer_start": []}
+    data["version"] = "v2.0"
+    data["data"][0]["paragraphs"][0]["qas"].pop()
+    assert load_squad(str(write(tmp_path, data))).version == "2.0"
+
+
+@pytest.mark.parametrize("version", ["1.1", "2.0"])
+def test_round_trip(tmp_path, version):
+    data = tiny(lambda d: d["data"].append({"title": "Mars", "paragraphs": [
+        {"context": "Mars is red.", "qas": [{"id": "m1", "question": "What colour is Mars?",
+                                             "answers": [{"answer_start": 8, "text": "red"}]}]},
+        {"context": "Mars has two moons.", "qas": [{"id": "m2", "question": "Who lives on Mars?", "answers": [],
+                                                    "is_impossible": version == "2.0"}]}]}))
+    first = load_squad(str(write(tmp_path, data)))
+    assert first.version == version
+    out = write_squad(first.examples, tmp_path / "out" / "squad_round_trip.json", version)
+    again = load_squad(str(out))
+    assert again.examples == first.examples and again.version == version
+    nested = json.loads(out.read_text(encoding="utf-8"))
+    assert nested["version"] == ("v2.0" if version == "2.0" else "1.1")
+    assert [len(a["paragraphs"]) for a in nested["data"]] == [1, 2]
+    assert nested == to_squad_json(first.examples, version)
+
+
+def test_hub_name_offline_fails_fast(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no cached copy to fall back on
+    with pytest.raises(LongctxError, match="cannot reach the Hugging Face hub to load 'squad'; download the JSON"):
+        load_squad("squad")
+
+
+def test_hub_unreachable_fails_before_datasets_retries(monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+    def no_network(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(squad.socket, "create_connection", no_network)
+    with pytest.raises(LongctxError, match="cannot reach the Hugging Face hub to load 'xquad.de'"):
+        load_squad("xquad.de")
+
+
+def test_hub_names():
+    assert squad._hub_target("squad_v2") == ("rajpurkar/squad_v2", None, "2.0")
+    assert squad._hub_target("xquad.de") == ("google/xquad", "xquad.de", "1.1")
+    assert squad._hub_target("mlqa.de.en") == ("facebook/mlqa", "mlqa.de.en", "1.1")
+    assert squad._hub_target("tydiqa") == ("google-research-datasets/tydiqa", "secondary_task", "1.1")
+
+
+@pytest.mark.parametrize("relative, count, impossible, version", [
+    ("squad-v1.1/dev-v1.1.json", 10570, 0, "1.1"),
+    ("squad-v2.0-explorer-derived/dev-v2.0.explorer-derived.json", 11873, 5945, "2.0"),
+    ("xquad/xquad.de.json", 1190, 0, "1.1"),
+])
+def test_shared_files(shared_file, relative, count, impossible, version):
+    data = load_squad(str(shared_file(relative)))
+    assert (len(data), sum(e["is_impossible"] for e in data.examples), data.version) == (count, impossible, version)

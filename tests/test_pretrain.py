@@ -1,0 +1,325 @@
+"""MLM continuation pretraining: learning, metrics, exact resume, the saved checkpoint, and user errors."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from longctx.cli import main
+from longctx.common import REPO_ROOT, LongctxError
+from longctx.convert import to_long
+from longctx.pretrain import (MaskedBlocks, evaluate_mlm, masked_eval_text, mlm_loss, mlm_metrics, pretrain,
+                              recopy_global_projections)
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+TRAIN, VALID = str(FIXTURES / "wikitext_train.raw"), str(FIXTURES / "wikitext_valid.raw")
+PROJECTIONS = ("query", "key", "value")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: thread synchronisation costs more than it saves, badly so on a busy 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def long_dir(tiny_encoder_dir, tmp_path_factory):
+    """A tiny roberta (64 positions) converted to a 256-position Longformer."""
+    src = tiny_encoder_dir("roberta", max_positions=64)
+    out = tmp_path_factory.mktemp("pretrain-long") / "long"
+    to_long(str(src), str(out), max_pos=256, attention_window=64)
+    return out
+
+
+def _small(**overrides):
+    """A few seconds of CPU training on the fixture text."""
+    kwargs = dict(train_file=[TRAIN], eval_file=VALID, learning_rate=1e-3, warmup_steps=2, max_steps=12,
+                  per_device_train_batch_size=2, gradient_accumulation_steps=2, eval_steps=100, save_steps=6,
+                  logging_steps=1, save_total_limit=None, precision="fp32")
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _layers(model):
+    return [m for m in model.modules() if all(hasattr(m, p) and hasattr(m, p + "_global") for p in PROJECTIONS)]
+
+
+def _bpc_consistent(m: dict) -> None:
+    """Bits per character come from the very loss that gives bits per token."""
+    assert m["bits_per_token"] == pytest.approx(m["loss"] / math.log(2), rel=1e-12)
+    assert m["perplexity"] == pytest.approx(math.exp(m["loss"]), rel=1e-12)
+    assert m["bits_per_character"] == pytest.approx(
+        m["loss"] * m["tokens"] / m["characters"] / math.log(2), rel=1e-12)
+    assert m["bits_per_character"] == pytest.approx(m["bits_per_token"] * m["tokens"] / m["characters"], rel=1e-12)
+
+
+def test_mlm_metrics_definitions():
+    m = mlm_metrics(loss_sum=300.0, masked_tokens=100, text_tokens=1000, characters=4000)
+    assert m["loss"] == 3.0
+    assert m["bits_per_token"] == pytest.approx(3.0 / math.log(2))
+    # 1000 tokens x 3 nats = 3000 nats over 4000 characters.
+    assert m["bits_per_character"] == pytest.approx(3000 / 4000 / math.log(2))
+    _bpc_consistent(m)
+
+
+def test_gradient_accumulation_loss_is_the_token_mean():
+    logits = torch.randn(2, 5, 11)
+    labels = torch.full((2, 5), -100)
+    labels[0, 1], labels[0, 3], labels[1, 2] = 4, 7, 9
+    full = torch.nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100])
+    # Two micro-batches of one row each: their losses add up to the mean over all 3 masked tokens.
+    parts = [mlm_loss({"logits": logits[i:i + 1]}, labels[i:i + 1], num_items_in_batch=torch.tensor(3))
+             for i in range(2)]
+    assert float(sum(parts)) == pytest.approx(float(full), rel=1e-6)
+    assert float(mlm_loss({"logits": logits}, labels)) == pytest.approx(float(full), rel=1e-6)
+
+
+@pytest.mark.parametrize("packing", ["concat", "article"])
+def test_eval_masks_are_the_same_for_every_block_size(long_dir, packing):
+    from transformers import AutoTokenizer
+
+    from longctx.data import wikitext
+
+    tokenizer = AutoTokenizer.from_pretrained(long_dir)
+    tokens = wikitext.tokenize_articles(wikitext.load_articles([VALID])[0], tokenizer)
+    text = masked_eval_text(tokens, tokenizer, block_size=256, packing=packing, mlm_probability=0.15)
+    assert 0.1 < text.masked_tokens / text.text_tokens < 0.2
+    again = masked_eval_text(tokens, tokenizer, block_size=256, packing=packing, mlm_probability=0.15)
+    assert np.array_equal(text.input_ids, again.input_ids) and np.array_equal(text.labels, again.labels)
+
+    def labels(block_size):
+        return np.concatenate([lab[1:-1] for _, lab in text.blocks(block_size, tokenizer.cls_token_id,
+                                                                   tokenizer.sep_token_id)])
+
+    assert np.array_equal(labels(256), labels(64)) and np.array_equal(labels(64), text.labels)
+    # Separators between articles are never masked.
+    assert (text.labels[text.stream.separator] == -100).all()
+    # A cut evaluation text: what the first block covers, characters cut with it.
+    cut = masked_eval_text(tokens, tokenizer, block_size=256, packing=packing, mlm_probability=0.15, max_blocks=1)
+    assert cut.text_tokens == min(254, len(tokens.ids[0])) and cut.characters < text.characters
+    assert len(cut.blocks(256, tokenizer.cls_token_id, tokenizer.sep_token_id)) == 1
+
+
+def test_training_masks_are_a_function_of_seed_epoch_and_index(long_dir):
+    from transformers import AutoTokenizer
+
+    from longctx.data import wikitext
+
+    tokenizer = AutoTokenizer.from_pretrained(long_dir)
+    tokens = wikitext.tokenize_articles(wikitext.load_articles([TRAIN])[0], tokenizer)
+    stream = wikitext.make_stream(tokens, tokenizer.sep_token_id)
+    spans = wikitext.block_spans(stream, 256)
+    a, b = (MaskedBlocks(stream, spans, tokenizer, 0.15, seed=1) for _ in range(2))
+    torch.manual_seed(123)  # the global RNG plays no part
+    first = a[3]
+    torch.manual_seed(456)
+    assert torch.equal(first["input_ids"], b[3]["input_ids"]) and torch.equal(first["labels"], b[3]["labels"])
+    b.epoch = 1
+    assert not torch.equal(first["labels"], b[3]["labels"])  # dynamic masking: new masks each epoch
+    real = first["labels"] != -100
+    assert torch.equal(first["labels"][real],
+                       torch.from_numpy(wikitext.with_specials(stream.ids[slice(*spans[3])], 0, 2))[real])
+    assert first["labels"][0] == -100 and first["labels"][-1] == -100  # cls and sep never masked
+
+
+def test_recopy_global_projections(long_dir):
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(long_dir)
+    with torch.no_grad():
+        for layer in _layers(model):
+            layer.query.weight.add_(1.0)
+            layer.value.bias.add_(1.0)
+    assert recopy_global_projections(model) == 2
+    for layer in _layers(model):
+        for p in PROJECTIONS:
+            assert torch.equal(getattr(layer, p).weight, getattr(layer, p + "_global").weight)
+            assert torch.equal(getattr(layer, p).bias, getattr(layer, p + "_global").bias)
+
+
+@pytest.mark.shared
+def test_learns_on_shared_wikitext(shared_file, long_dir, tmp_path):
+    """A few dozen steps on real WikiText lower the evaluation loss; BPC is the same loss rescaled."""
+    train = shared_file("wikitext-raw-valid-test/wiki.valid.raw")
+    test = shared_file("wikitext-raw-valid-test/wiki.test.raw")
+    m = pretrain(model=str(long_dir), out=str(tmp_path / "run"), train_file=[str(train)], eval_file=str(test),
+                 max_eval_blocks=6, learning_rate=2e-3, warmup_steps=4, max_steps=40, per_device_train_batch_size=4,
+                 gradient_accumulation_steps=1, eval_steps=20, save_steps=1000, logging_steps=10, precision="fp32")
+    before, after = m["before"]["converted"], m["after"]["trained"]
+    assert after["loss"] < before["loss"] - 0.5, (before["loss"], after["loss"])
+    for result in (before, after, m["before"]["source"]):
+        _bpc_consistent(result)
+    # Same text, same masks: the source at 64 tokens, the converted and the trained model at 256.
+    source = m["before"]["source"]
+    assert source["block_size"] == 64 and before["block_size"] == after["block_size"] == 256
+    for key in ("masked_tokens", "tokens", "characters"):
+        assert source[key] == before[key] == after[key] == m["data"]["eval"][key]
+    assert after["tokens"] == 6 * 254  # the text covered by 6 blocks of 256 (cls + 254 + sep)
+    assert m["data"]["train"]["articles"] == 60 and m["data"]["train"]["characters"] == 1_144_748
+    assert m["data"]["train"]["padding_waste"] < 1e-3
+    evals = [h for h in m["log_history"] if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [20, 40]
+    assert evals[-1]["eval_loss"] == pytest.approx(after["loss"])
+
+
+def test_cli_run_saves_an_ordinary_longformer(long_dir, tmp_path):
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForQuestionAnswering, AutoTokenizer
+
+    out = tmp_path / "run"
+    code = main(["pretrain", "--config", str(REPO_ROOT / "experiments/pretrain/tiny.yaml"), "--model", str(long_dir),
+                 "--out", str(out), "--train-file", TRAIN, "--eval-file", VALID, "--max-steps", "10",
+                 "--eval-steps", "5", "--save-steps", "5", "--logging-steps", "5"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "done" and metrics["train"]["global_step"] == 10
+    assert metrics["train"]["precision"] == ("fp16" if torch.cuda.is_available() else "bf16")
+    assert metrics["config"]["max_pos"] == 256 and metrics["config"]["learning_rate"] == 1e-3
+    assert metrics["git_commit"] is None or len(metrics["git_commit"]) >= 40
+    assert "torch" in metrics["versions"] and metrics["seed"] == 42
+    assert set(metrics["before"]) == {"source", "converted"} and set(metrics["after"]) == {"trained"}
+    for result in (*metrics["before"].values(), metrics["after"]["trained"]):
+        _bpc_consistent(result)
+    # The logged training loss is a per-token mean, not the sum over accumulated micro-batches.
+    first = next(h for h in metrics["log_history"] if "loss" in h)
+    assert first["loss"] < math.log(1000) + 1
+    assert json.loads((out / "config.json").read_text())["max_pos"] == 256
+    assert json.loads((out / "run.json").read_text())["config"]["out"] == str(out)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+    model = AutoModelForMaskedLM.from_pretrained(out / "model")
+    assert type(model).__name__ == "LongformerForMaskedLM"
+    assert AutoTokenizer.from_pretrained(out / "model").model_max_length == 256
+    assert AutoConfig.from_pretrained(out / "model").longctx["pretrained"]["global_projections"] == "recopied"
+    layers = _layers(model)
+    assert len(layers) == 2
+    for layer in layers:
+        for p in PROJECTIONS:
+            assert torch.equal(getattr(layer, p).weight, getattr(layer, p + "_global").weight)
+            assert torch.equal(getattr(layer, p).bias, getattr(layer, p + "_global").bias)
+    converted = AutoModelForMaskedLM.from_pretrained(long_dir)
+    assert not torch.equal(layers[0].query.weight, _layers(converted)[0].query.weight)  # it was trained
+    qa = AutoModelForQuestionAnswering.from_pretrained(out / "model")  # what `longctx finetune` loads
+    assert type(qa).__name__ == "LongformerForQuestionAnswering"
+
+
+def test_resume_reaches_the_same_step_and_loss(long_dir, tmp_path):
+    out = tmp_path / "run"
+    kwargs = _small(model=str(long_dir), out=str(out), recopy_global=False, source_model="none")
+    # 26 blocks, 2 x 2 per step: 7 steps per epoch, so the run crosses an epoch after the step-6 checkpoint.
+    full = pretrain(**kwargs)
+    assert full["data"]["train"]["blocks"] == 26
+    assert set(full["before"]) == {"converted"}  # source_model none: no comparison
+    # A run killed after its step-6 checkpoint: only that checkpoint (and the before-metrics) remain.
+    shutil.rmtree(out / "checkpoints" / "checkpoint-12")
+    shutil.rmtree(out / "model")
+    resumed = pretrain(**kwargs, resume=True)
+    assert resumed["train"]["resumed_from"].endswith("checkpoint-6")
+    assert resumed["train"]["global_step"] == full["train"]["global_step"] == 12
+    assert resumed["after"]["trained"]["loss"] == pytest.approx(full["after"]["trained"]["loss"], abs=1e-5)
+    losses = [{h["step"]: h["loss"] for h in r["log_history"] if "loss" in h} for r in (full, resumed)]
+    assert sorted(losses[0]) == sorted(losses[1]) == list(range(1, 13))
+    for step in range(7, 13):
+        assert losses[1][step] == pytest.approx(losses[0][step], abs=1e-5)
+
+    # --no-recopy-global: the saved global projections are still the converted model's.
+    from transformers import AutoModelForMaskedLM
+
+    saved, converted = (_layers(AutoModelForMaskedLM.from_pretrained(p)) for p in (out / "model", long_dir))
+    assert torch.equal(saved[0].query_global.weight, converted[0].query_global.weight)
+    assert not torch.equal(saved[0].query.weight, saved[0].query_global.weight)
+
+    # Resuming with a setting that changes the data or masks is refused; a finished run refuses a restart.
+    with pytest.raises(LongctxError, match="cannot resume with a different seed"):
+        pretrain(**kwargs, resume=True, seed=7)
+    with pytest.raises(LongctxError, match="pass --resume to continue it or --force"):
+        pretrain(**kwargs)
+
+
+def test_user_errors(long_dir, tiny_encoder_dir, tmp_path):
+    base = _small(model=str(long_dir), out=str(tmp_path / "run"))
+    with pytest.raises(LongctxError, match=r"nope\.raw: WikiText file not found"):
+        pretrain(**{**base, "train_file": [str(tmp_path / "nope.raw")]})
+    with pytest.raises(LongctxError, match="no training text"):
+        pretrain(**{**base, "train_file": None})
+    with pytest.raises(LongctxError, match="mlm_probability"):
+        pretrain(**base, mlm_probability=1.5)
+    with pytest.raises(LongctxError, match="nothing to resume"):
+        pretrain(**{**base, "out": str(tmp_path / "fresh")}, resume=True)
+    with pytest.raises(LongctxError, match="max_pos 512 is more than the model's 256 positions"):
+        pretrain(**base, max_pos=512, force=True)
+    with pytest.raises(LongctxError, match=r"missing-model: model not found"):
+        pretrain(**{**base, "model": str(tmp_path / "missing-model")}, force=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(LongctxError, match="fp16 needs a CUDA GPU"):
+            pretrain(**{**base, "precision": "fp16"}, force=True)
+    bare = tmp_path / "bare-long"
+    to_long(str(tiny_encoder_dir("roberta", mlm_head=False, max_positions=64)), str(bare), max_pos=256,
+            attention_window=64)
+    with pytest.raises(LongctxError, match="has no MLM head"):
+        pretrain(**{**base, "model": str(bare)}, force=True)
+    with pytest.raises(LongctxError, match="pass --source-model PATH, or --source-model none"):
+        pretrain(**base, source_model=str(tmp_path / "gone"), force=True)
+    # The CLI prints such mistakes as one line and exits 2.
+    assert main(["pretrain", "--model", str(long_dir), "--out", str(tmp_path / "cli"),
+                 "--train-file", str(tmp_path / "nope.raw"), "--eval-file", VALID]) == 2
+
+
+def test_without_fast_attention_module(long_dir, monkeypatch):
+    import sys
+
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from longctx import pretrain as module
+    from longctx.data import wikitext
+
+    monkeypatch.setitem(sys.modules, "longctx.attention", None)  # as if attention.py did not exist
+    model = AutoModelForMaskedLM.from_pretrained(long_dir)
+    assert module._enable_fast_attention(model) is False
+    tokenizer = AutoTokenizer.from_pretrained(long_dir)
+    tokens = wikitext.tokenize_articles(wikitext.load_articles([VALID])[0], tokenizer)
+    text = masked_eval_text(tokens, tokenizer, block_size=256, packing="concat", mlm_probability=0.15)
+    plain = evaluate_mlm(model, text, 256, tokenizer)
+    _bpc_consistent(plain)
+    monkeypatch.delitem(sys.modules, "longctx.attention")
+    try:
+        import longctx.attention  # noqa: F401
+    except ImportError:
+        return
+    assert module._enable_fast_attention(model) is True
+    fast = evaluate_mlm(model, text, 256, tokenizer)
+    assert fast["loss"] == pytest.approx(plain["loss"], abs=1e-4)
+
+
+def test_help_lists_every_field(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--train-file", "--max-pos", "--gradient-checkpointing", "--no-recopy-global", "--resume",
+                 "--max-eval-blocks", "--source-model"):
+        assert flag in text
+
+
+def test_gradient_checkpointing_trains_the_same(long_dir, tmp_path, monkeypatch):
+    import transformers
+
+    calls = []
+    original = transformers.PreTrainedModel.activation_checkpointing_enable
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "activation_checkpointing_enable", spy)
+    runs = [pretrain(**_small(model=str(long_dir), out=str(tmp_path / f"gc-{gc}"), max_steps=3, save_steps=100,
+                              source_model="none", gradient_checkpointing=gc))
+            for gc in (False, True)]
+    assert len(calls) == 1  # only the second run recomputes activations
+    assert runs[1]["after"]["trained"]["loss"] == pytest.approx(runs[0]["after"]["trained"]["loss"], abs=1e-5)

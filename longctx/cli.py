@@ -58,6 +58,7 @@ def _doc_parts(fn: Callable) -> tuple[str, dict[str, str]]:
 def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Parameter, tp: Any, help_: str) -> None:
     tp = _strip_optional(tp)
     origin = get_origin(tp)
+    help_ = help_.replace("%", "%%")  # argparse formats help strings with %
     kwargs: dict[str, Any] = {"help": help_, "default": argparse.SUPPRESS}
     if param.default is not inspect.Parameter.empty and param.default is not None:
         kwargs["help"] = f"{help_} (default: {param.default})".strip()
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_parser(name: str, fn: Callable) -> argparse.ArgumentParser:
     summary, helps = _doc_parts(fn)
-    parser = argparse.ArgumentParser(prog=f"longctx {name}", description=summary)
+    parser = argparse.ArgumentParser(prog=f"longctx {name}", description=summary.replace("%", "%%"))
     if "config" not in parameters(fn):
         parser.add_argument("--config", help="YAML recipe with values for these fields", default=None)
     hints = type_hints(fn)
@@ -113,7 +114,10 @@ def run_command(name: str, argv: list[str]) -> Any:
     recipe = args.pop("config", None)
     values = load_recipe(recipe) if recipe else {}
     values.update(args)
-    return fn(**bind(fn, values, source=str(recipe or f"longctx {name}")))
+    bound = bind(fn, values, source=str(recipe or f"longctx {name}"))
+    positional = [bound.pop(p.name) for p in parameters(fn).values()
+                  if p.kind is p.POSITIONAL_ONLY and p.name in bound]
+    return fn(*positional, **bound)
 
 
 def main(argv: list[str] | None = None) -> int:

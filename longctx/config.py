@@ -147,7 +147,10 @@ def call(fn: Callable, config: str | Path | None = None, **overrides: Any) -> An
     """Python-API twin of the CLI: `call(finetune, "experiments/x.yaml", learning_rate=1e-4)`."""
     values = load_recipe(config) if config else {}
     values.update(overrides)
-    return fn(**bind(fn, values, source=str(config or fn.__name__)))
+    bound = bind(fn, values, source=str(config or fn.__name__))
+    positional = [bound.pop(p.name) for p in parameters(fn).values()
+                  if p.kind is p.POSITIONAL_ONLY and p.name in bound]
+    return fn(*positional, **bound)
 
 
 def resolved_config(fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:

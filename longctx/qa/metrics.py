@@ -195,7 +195,7 @@ def _read_str_map(path: str, what: str, kind: type | tuple[type, ...], kind_name
 
 
 def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str | None = None,
-          format: Literal["squad"] = "squad") -> dict:
+          format: Literal["squad", "triviaqa"] = "squad") -> dict:
     """Score predictions as the official SQuAD scripts do and print their JSON.
 
     SQuAD 2.0 metrics are used when the file's version is 2.x or any question is impossible;
@@ -208,9 +208,17 @@ def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str
             unset: official SQuAD normalisation.
         na_probs: SQuAD 2.0 only: JSON object {question id: probability of no answer}, which adds
             best_exact/best_f1 and their thresholds.
-        format: gold data format.
+        format: gold data format: squad (SQuAD/XQuAD/MLQA/TyDi QA layout) or triviaqa (official qa JSON,
+            scored with the official TriviaQA metric per domain).
     """
     from longctx.data.squad import load_squad
+
+    if format == "triviaqa":
+        if lang or na_probs:
+            raise LongctxError("--lang and --na-probs apply to SQuAD-format data, not TriviaQA")
+        from longctx.qa.triviaqa_metrics import score_triviaqa
+
+        return score_triviaqa(data, predictions)
 
     if lang is not None:
         _articles(lang)  # reject an unknown language before any loading

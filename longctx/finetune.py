@@ -1,0 +1,373 @@
+"""Fine-tune and evaluate extractive QA (SQuAD-format data) on the Hugging Face Trainer.
+
+Any encoder with a QA head works: BERT, RoBERTa, XLM-R, Longformer and longctx-converted models.
+The fast path is the default: windows padded per batch (not to max_length), batches grouped by
+length, bf16 on CPU / fp16 on GPU, and longctx's exact SDPA attention for Longformer models.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from longctx.common import LongctxError, log, prepare_output_dir, precision_flags, run_metadata, write_json
+from longctx.config import resolved_config
+
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+
+
+def _qa_trainer_class():
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer
+
+    class QATrainer(Trainer):
+        """Trainer whose evaluation order is the dataset's order.
+
+        transformers 5 applies train_sampling_strategy="group_by_length" to evaluation as well, and
+        predict() then returns logits in the sampler's shuffled order: windows and logits no longer
+        line up and every decoded answer is wrong (seen here as F1 0 vs 12.5 for the same weights)."""
+
+        def _get_eval_sampler(self, eval_dataset):
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_eval_sampler(eval_dataset)
+            return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+    return QATrainer
+
+
+def _load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as e:
+        raise LongctxError(f"{model}: cannot load its tokenizer ({str(e).splitlines()[0][:200]})") from None
+
+
+def load_qa_model(model: str, fast_attention: bool = True):
+    """Tokenizer and QA model from a folder or hub name, with the length guard and (for Longformer) fast attention."""
+    from transformers import AutoModelForQuestionAnswering
+
+    from longctx.convert import _quiet_transformers, add_length_guard
+
+    tokenizer = _load_tokenizer(model)
+    try:
+        restore = _quiet_transformers()  # a fresh QA head on an MLM checkpoint is expected, not news
+        try:
+            qa_model, info = AutoModelForQuestionAnswering.from_pretrained(model, output_loading_info=True)
+        finally:
+            restore()
+    except (OSError, ValueError) as e:
+        raise LongctxError(f"{model}: cannot load a QA model ({str(e).splitlines()[0][:200]})") from None
+    if any(k.startswith("qa_outputs") for k in info["missing_keys"]):
+        log.info("%s: new QA head (randomly initialised)", model)
+    add_length_guard(qa_model)
+    if is_longformer(qa_model) and fast_attention:
+        from longctx.attention import enable
+
+        enable(qa_model)
+    return tokenizer, qa_model
+
+
+def is_longformer(model) -> bool:
+    return model.config.model_type == "longformer"
+
+
+def _check_lengths(model, tokenizer, max_length: int, doc_stride: int) -> None:
+    from longctx.convert import max_tokens
+
+    limit = max_tokens(model.config)
+    if max_length > limit:
+        raise LongctxError(f"max_length {max_length} is longer than the model's {limit} positions")
+    if doc_stride >= max_length // 2:
+        raise LongctxError(f"doc_stride {doc_stride} must be well below max_length {max_length} (it is the overlap)")
+
+
+def load_examples(source: str, data_format: str = "squad", max_samples: int | None = None, *,
+                  tokenizer=None, train: bool = False, max_doc_tokens: int = 4096):
+    """Flat QA examples and the SQuAD version ("1.1"/"2.0") from a file or dataset name.
+
+    TriviaQA becomes one record per (question, document), the document cut to `max_doc_tokens`
+    tokens; training drops documents without an answer, evaluation keeps them."""
+    if data_format == "triviaqa":
+        from longctx.data.triviaqa import read_triviaqa
+
+        data = read_triviaqa(source, tokenizer=tokenizer, max_tokens=max_doc_tokens, train=train)
+    else:
+        from longctx.data.squad import load_squad
+
+        data = load_squad(source)
+    examples = data.examples[:max_samples] if max_samples else data.examples
+    return examples, data.version
+
+
+def _training_args(out: Path, precision: str, **kwargs):
+    from transformers import TrainingArguments
+
+    resolved, flags = precision_flags(precision)
+    args = TrainingArguments(output_dir=str(out / "checkpoints"), report_to="none", dataloader_num_workers=0,
+                             save_strategy=kwargs.pop("save_strategy", "epoch"), save_total_limit=2,
+                             logging_strategy="steps", **flags, **kwargs)
+    return resolved, args
+
+
+def _tensorboard(out: Path):
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "tensorboard")))
+
+
+def predict_qa(trainer, tokenizer, examples: list[dict], *, max_length: int, doc_stride: int, global_attention: bool,
+               n_best: int, max_answer_length: int, version_2: bool, null_threshold: float):
+    """Windows -> logits -> n-best spans per example (all windows of an example compete)."""
+    from datasets import Dataset
+
+    from longctx.qa.decode import postprocess_predictions
+    from longctx.qa.features import prepare_eval_features
+
+    dataset = Dataset.from_list(examples)
+    features = dataset.map(prepare_eval_features, batched=True, remove_columns=dataset.column_names,
+                           fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, doc_stride=doc_stride,
+                                          global_attention=global_attention), desc="eval windows")
+    inputs = features.remove_columns([c for c in ("example_id", "offset_mapping") if c in features.column_names])
+    output = trainer.predict(inputs)
+    start_logits, end_logits = output.predictions[:2]
+    return postprocess_predictions(examples, features, start_logits, end_logits, n_best=n_best,
+                                   max_answer_length=max_answer_length, version_2=version_2,
+                                   null_threshold=null_threshold)
+
+
+def score_predictions(examples: list[dict], predictions: dict[str, str], version_2: bool,
+                      triviaqa_file: str | None = None) -> dict[str, Any]:
+    """Official metrics: SQuAD v1.1/v2.0, or TriviaQA's (aliases, best document, per domain)."""
+    if triviaqa_file:
+        from longctx.data.triviaqa import load_qa_data
+        from longctx.qa.triviaqa_metrics import evaluate_triviaqa
+
+        gold = load_qa_data(triviaqa_file, need_answers=True, for_scoring=True)
+        return evaluate_triviaqa(gold, predictions, source=triviaqa_file)
+    from longctx.qa.metrics import squad_v1, squad_v2
+
+    return dict(squad_v2(examples, predictions) if version_2 else squad_v1(examples, predictions))
+
+
+def _evaluate_and_write(trainer, tokenizer, examples, out: Path, *, version_2: bool, tune_threshold: bool,
+                        null_threshold: float, triviaqa_file: str | None = None, **decode) -> dict[str, Any]:
+    from longctx.qa.decode import find_best_threshold, write_predictions
+
+    start = time.perf_counter()
+    preds = predict_qa(trainer, tokenizer, examples, version_2=version_2, null_threshold=null_threshold, **decode)
+    metrics = score_predictions(examples, preds.predictions, version_2, triviaqa_file)
+    if version_2 and tune_threshold:
+        threshold, best_f1 = find_best_threshold(examples, preds.null_scores, preds.span_predictions)
+        metrics["best_null_threshold"], metrics["best_null_threshold_f1"] = threshold, best_f1
+    metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
+    metrics["eval_examples"] = len(examples)
+    if trainer.is_world_process_zero():
+        write_predictions(out, preds)
+    return metrics
+
+
+def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: str | None = None,
+             task: Literal["extractive", "seq2seq"] = "extractive",
+             data_format: Literal["squad", "triviaqa"] = "squad", max_doc_tokens: int = 4096, max_length: int = 384, doc_stride: int = 128, global_attention: bool | None = None,
+             learning_rate: float = 3e-5, num_train_epochs: float = 3.0, max_steps: int = -1,
+             per_device_train_batch_size: int = 8, per_device_eval_batch_size: int = 16,
+             gradient_accumulation_steps: int = 1, warmup_steps: float = 0.1, weight_decay: float = 0.01,
+             precision: Precision = "auto", group_by_length: bool = True, fast_attention: bool = True,
+             gradient_checkpointing: bool = False, n_best: int = 20, max_answer_length: int = 30,
+             null_threshold: float = 0.0, tune_threshold: bool = True, eval_before: bool = False,
+             logging_steps: int = 50, save_model: bool = True, max_train_samples: int | None = None,
+             max_eval_samples: int | None = None, seed: int = 42, resume: bool = False,
+             force: bool = False) -> dict[str, Any]:
+    """Fine-tune a QA model on SQuAD-format data, evaluate it, and write predictions and metrics.
+
+    Args:
+        model: model folder or hub name (BERT, RoBERTa, XLM-R, Longformer or a longctx-converted model).
+        out: run folder: metrics.json, predictions.json, nbest_predictions.json, run.json, tensorboard/, model/.
+        train_file: SQuAD-format JSON (or dataset name) to train on; omit to only evaluate.
+        eval_file: SQuAD-format JSON (or dataset name) to evaluate on; v2.0 files get null-answer decoding.
+        task: extractive (span prediction) or seq2seq (T5-style generation, see longctx.seq2seq).
+        data_format: layout of train_file/eval_file: squad, or triviaqa (official qa JSON + evidence/).
+        max_doc_tokens: TriviaQA: each document is cut to this many tokens before answers are marked.
+        max_length: tokens per window (question + context).
+        doc_stride: overlap in tokens between consecutive windows of a long context.
+        global_attention: global attention on question tokens (default: on for Longformer models).
+        learning_rate: peak learning rate (linear decay).
+        num_train_epochs: epochs over the training windows.
+        max_steps: stop after this many optimizer steps (overrides epochs when > 0).
+        per_device_train_batch_size: windows per device per step.
+        per_device_eval_batch_size: windows per device in evaluation.
+        gradient_accumulation_steps: steps accumulated per optimizer update.
+        warmup_steps: linear warmup steps (a float below 1 is a fraction of all steps).
+        weight_decay: AdamW weight decay.
+        precision: auto (fp16 on GPU, bf16 on CPU), fp32, fp16 or bf16.
+        group_by_length: batch windows of similar length (less padding).
+        fast_attention: use longctx's SDPA sliding-window attention for Longformer models.
+        gradient_checkpointing: trade compute for memory (long models at 4096).
+        n_best: candidate spans kept per example.
+        max_answer_length: longest answer in tokens.
+        null_threshold: SQuAD 2.0: predict no answer when null score - best span score exceeds this.
+        tune_threshold: SQuAD 2.0: also report the best null threshold on the eval set.
+        eval_before: also evaluate before training (reported as metrics["before"]).
+        logging_steps: log the training loss every N steps.
+        save_model: save the fine-tuned model to out/model.
+        max_train_samples: use only the first N training questions.
+        max_eval_samples: use only the first N evaluation questions.
+        seed: random seed (model init, data order, dropout).
+        resume: continue from the last checkpoint in out/checkpoints.
+        force: reuse a non-empty out folder.
+    """
+    if task == "seq2seq":
+        from longctx.seq2seq import finetune_seq2seq
+
+        params = inspect.signature(finetune_seq2seq).parameters
+        given = {k: v for k, v in locals().items() if k in params}
+        return finetune_seq2seq(**given)
+    config = resolved_config(finetune, dict(locals()))
+    if not train_file and not eval_file:
+        raise LongctxError("nothing to do: give train_file and/or eval_file")
+    from transformers import set_seed
+
+    from longctx.qa.features import QACollator, prepare_train_features
+
+    out_dir = Path(out)
+    if resume and not (out_dir / "checkpoints").is_dir():
+        raise LongctxError(f"{out_dir}: no checkpoints to resume from")
+    # Cheap checks first: a typo in a data path should not cost a model load.
+    train_examples, eval_examples, version_2 = None, None, False
+    tokenizer = _load_tokenizer(model) if data_format == "triviaqa" else None
+    data_args = dict(tokenizer=tokenizer, max_doc_tokens=max_doc_tokens)
+    if train_file:
+        train_examples, _ = load_examples(train_file, data_format, max_train_samples, train=True, **data_args)
+    if eval_file:
+        eval_examples, version = load_examples(eval_file, data_format, max_eval_samples, **data_args)
+        version_2 = data_format == "squad" and (version.startswith("2") or any(e["is_impossible"]
+                                                                              for e in eval_examples))
+    if not resume:
+        prepare_output_dir(out_dir, force=force)
+    set_seed(seed)
+    tokenizer, qa_model = load_qa_model(model, fast_attention=fast_attention)
+    _check_lengths(qa_model, tokenizer, max_length, doc_stride)
+    if global_attention is None:
+        global_attention = is_longformer(qa_model)
+    if gradient_checkpointing:
+        qa_model.gradient_checkpointing_enable()
+
+    feature_args = dict(tokenizer=tokenizer, max_length=max_length, doc_stride=doc_stride,
+                        global_attention=global_attention)
+    train_features = None
+    if train_examples:
+        from datasets import Dataset
+
+        raw = Dataset.from_list(train_examples)
+        train_features = raw.map(prepare_train_features, batched=True, remove_columns=raw.column_names,
+                                 fn_kwargs=feature_args, desc="train windows")
+        train_features = train_features.map(lambda b: {"length": [len(x) for x in b["input_ids"]]},
+                                            batched=True, desc="lengths")
+    resolved_precision, args = _training_args(
+        out_dir, precision, learning_rate=learning_rate, num_train_epochs=num_train_epochs, max_steps=max_steps,
+        per_device_train_batch_size=per_device_train_batch_size,
+        per_device_eval_batch_size=per_device_eval_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps, warmup_steps=warmup_steps,
+        weight_decay=weight_decay, logging_steps=logging_steps, seed=seed, data_seed=seed,
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
+        save_strategy="epoch" if train_examples else "no")
+    config["precision_resolved"] = resolved_precision
+    trainer = _qa_trainer_class()(model=qa_model, args=args, train_dataset=train_features,
+                      data_collator=QACollator(tokenizer), processing_class=tokenizer,
+                      callbacks=[_tensorboard(out_dir)])
+    decode = dict(max_length=max_length, doc_stride=doc_stride, global_attention=global_attention, n_best=n_best,
+                  max_answer_length=max_answer_length)
+    metrics: dict[str, Any] = {"model": model, "train_file": train_file, "eval_file": eval_file, "seed": seed}
+    if eval_examples and eval_before:
+        before = predict_qa(trainer, tokenizer, eval_examples, version_2=version_2, null_threshold=null_threshold,
+                            **decode)
+        metrics["before"] = score_predictions(eval_examples, before.predictions, version_2)
+    if train_features is not None:
+        if resume and not any((out_dir / "checkpoints").glob("checkpoint-*")):
+            raise LongctxError(f"{out_dir}: no checkpoint-* folder to resume from")
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        metrics["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        metrics["train"]["global_step"] = result.global_step
+        metrics["train"]["windows"] = len(train_features)
+        metrics["train"]["examples"] = len(train_examples)
+        if save_model and trainer.is_world_process_zero():
+            trainer.save_model(str(out_dir / "model"))
+    if eval_examples:
+        metrics["eval"] = _evaluate_and_write(
+            trainer, tokenizer, eval_examples, out_dir, version_2=version_2, tune_threshold=tune_threshold,
+            null_threshold=null_threshold, triviaqa_file=eval_file if data_format == "triviaqa" else None, **decode)
+    if trainer.is_world_process_zero():
+        write_json(out_dir / "run.json", run_metadata(config, seed))
+        write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate(*, model: str, data: str, out: str | None = None,
+             data_format: Literal["squad", "triviaqa"] = "squad", max_doc_tokens: int = 4096, max_length: int = 384, doc_stride: int = 128, global_attention: bool | None = None,
+             per_device_eval_batch_size: int = 16, precision: Precision = "auto", fast_attention: bool = True,
+             n_best: int = 20, max_answer_length: int = 30, null_threshold: float = 0.0,
+             max_eval_samples: int | None = None, force: bool = False) -> dict[str, Any]:
+    """Evaluate a saved QA model on SQuAD-format data; print the official-format metrics.
+
+    Args:
+        model: fine-tuned QA model folder (e.g. RUN/model) or hub name.
+        data: SQuAD-format JSON (or dataset name).
+        out: folder for predictions.json, nbest_predictions.json and metrics.json (default: no files).
+        data_format: layout of the data file: squad, or triviaqa (official qa JSON + evidence/).
+        max_doc_tokens: TriviaQA: each document is cut to this many tokens.
+        max_length: tokens per window.
+        doc_stride: overlap in tokens between windows.
+        global_attention: global attention on question tokens (default: on for Longformer models).
+        per_device_eval_batch_size: windows per batch.
+        precision: auto (fp16 on GPU, bf16 on CPU), fp32, fp16 or bf16.
+        fast_attention: use longctx's SDPA sliding-window attention for Longformer models.
+        n_best: candidate spans kept per example.
+        max_answer_length: longest answer in tokens.
+        null_threshold: SQuAD 2.0 null-answer threshold.
+        max_eval_samples: use only the first N questions.
+        force: reuse a non-empty out folder.
+    """
+    import json
+    import tempfile
+
+    from longctx.qa.features import QACollator
+
+    config = resolved_config(evaluate, dict(locals()))
+    out_dir = prepare_output_dir(out, force=force) if out else Path(tempfile.mkdtemp(prefix="longctx-eval-"))
+    tokenizer, qa_model = load_qa_model(model, fast_attention=fast_attention)
+    _check_lengths(qa_model, tokenizer, max_length, doc_stride)
+    if global_attention is None:
+        global_attention = is_longformer(qa_model)
+    examples, version = load_examples(data, data_format, max_eval_samples, tokenizer=tokenizer,
+                                      max_doc_tokens=max_doc_tokens)
+    version_2 = data_format == "squad" and (version.startswith("2") or any(e["is_impossible"] for e in examples))
+    _, args = _training_args(out_dir, precision, per_device_eval_batch_size=per_device_eval_batch_size,
+                             save_strategy="no")
+    trainer = _qa_trainer_class()(model=qa_model, args=args, data_collator=QACollator(tokenizer),
+                                  processing_class=tokenizer)
+    metrics = _evaluate_and_write(trainer, tokenizer, examples, out_dir, version_2=version_2, tune_threshold=False,
+                                  null_threshold=null_threshold, max_length=max_length, doc_stride=doc_stride,
+                                  triviaqa_file=data if data_format == "triviaqa" else None,
+                                  global_attention=global_attention, n_best=n_best,
+                                  max_answer_length=max_answer_length)
+    if out:
+        write_json(out_dir / "metrics.json", {"model": model, "eval_file": data, "eval": metrics})
+        write_json(out_dir / "run.json", run_metadata(config))
+    print(json.dumps({k: v for k, v in metrics.items() if not k.startswith("eval_")}, indent=2))
+    return metrics
+
+
+def _route(values: dict[str, Any]):
+    """`task: seq2seq` in a recipe or on the command line selects the T5 fine-tuning verb's fields."""
+    if values.get("task") == "seq2seq":
+        from longctx.seq2seq import finetune_seq2seq
+
+        return finetune_seq2seq
+    return finetune
+
+
+finetune.route = _route  # type: ignore[attr-defined]

@@ -147,6 +147,8 @@ def call(fn: Callable, config: str | Path | None = None, **overrides: Any) -> An
     """Python-API twin of the CLI: `call(finetune, "experiments/x.yaml", learning_rate=1e-4)`."""
     values = load_recipe(config) if config else {}
     values.update(overrides)
+    if hasattr(fn, "route"):  # e.g. finetune with `task: seq2seq` binds to the T5 verb's fields
+        fn = fn.route(values)
     bound = bind(fn, values, source=str(config or fn.__name__))
     positional = [bound.pop(p.name) for p in parameters(fn).values()
                   if p.kind is p.POSITIONAL_ONLY and p.name in bound]

@@ -7,6 +7,7 @@ length, bf16 on CPU / fp16 on GPU, and longctx's exact SDPA attention for Longfo
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +27,10 @@ def _qa_trainer_class():
 
         transformers 5 applies train_sampling_strategy="group_by_length" to evaluation as well, and
         predict() then returns logits in the sampler's shuffled order: windows and logits no longer
-        line up and every decoded answer is wrong (seen here as F1 0 vs 12.5 for the same weights)."""
+        line up and every decoded answer is wrong (seen here as F1 0 vs 12.5 for the same weights).
+        Under torchrun (world_size > 1) None is right: the DataLoader's sequential sampler, which accelerate
+        deals out batch by batch to the ranks and gather_for_metrics puts back in dataset order without the
+        padding duplicates (tests/test_torchrun.py checks the predictions against a single-process run)."""
 
         def _get_eval_sampler(self, eval_dataset):
             if self.args.train_sampling_strategy != "group_by_length":
@@ -97,15 +101,27 @@ def load_examples(source: str, data_format: str = "squad", max_samples: int | No
     else:
         from longctx.data.squad import load_squad
 
-        data = load_squad(source)
+        data = load_squad(source, split="train" if train else None)
     examples = data.examples[:max_samples] if max_samples else data.examples
     return examples, data.version
+
+
+def _is_main_process() -> bool:
+    """True in a plain run and on global rank 0 of a torchrun launch.
+
+    Read from torchrun's environment (RANK) because the output folder is prepared before TrainingArguments
+    starts the process group; it is the same process the Trainer calls world process zero."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _training_args(out: Path, precision: str, **kwargs):
     from transformers import TrainingArguments
 
     resolved, flags = precision_flags(precision)
+    if flags["use_cpu"] and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # torchrun on CPU: DDP over gloo. accelerate would pick MPI instead when torch is built with it, which
+        # cannot join torchrun's env:// rendezvous. (Not set in a single process: there it asks for a process group.)
+        kwargs.setdefault("ddp_backend", "gloo")
     args = TrainingArguments(output_dir=str(out / "checkpoints"), report_to="none", dataloader_num_workers=0,
                              save_strategy=kwargs.pop("save_strategy", "epoch"), save_total_limit=2,
                              logging_strategy="steps", **flags, **kwargs)
@@ -140,7 +156,7 @@ def predict_qa(trainer, tokenizer, examples: list[dict], *, max_length: int, doc
 
 
 def score_predictions(examples: list[dict], predictions: dict[str, str], version_2: bool,
-                      triviaqa_file: str | None = None) -> dict[str, Any]:
+                      triviaqa_file: str | None = None, lang: str | None = None) -> dict[str, Any]:
     """Official metrics: SQuAD v1.1/v2.0, or TriviaQA's (aliases, best document, per domain)."""
     if triviaqa_file:
         from longctx.data.triviaqa import load_qa_data
@@ -150,19 +166,24 @@ def score_predictions(examples: list[dict], predictions: dict[str, str], version
         return evaluate_triviaqa(gold, predictions, source=triviaqa_file)
     from longctx.qa.metrics import squad_v1, squad_v2
 
-    return dict(squad_v2(examples, predictions) if version_2 else squad_v1(examples, predictions))
+    if version_2:
+        return dict(squad_v2(examples, predictions, lang=lang))
+    return dict(squad_v1(examples, predictions, lang=lang))
 
 
 def _evaluate_and_write(trainer, tokenizer, examples, out: Path, *, version_2: bool, tune_threshold: bool,
-                        null_threshold: float, triviaqa_file: str | None = None, **decode) -> dict[str, Any]:
+                        null_threshold: float, triviaqa_file: str | None = None, lang: str | None = None,
+                        **decode) -> dict[str, Any]:
     from longctx.qa.decode import find_best_threshold, write_predictions
 
     start = time.perf_counter()
     preds = predict_qa(trainer, tokenizer, examples, version_2=version_2, null_threshold=null_threshold, **decode)
-    metrics = score_predictions(examples, preds.predictions, version_2, triviaqa_file)
+    metrics = score_predictions(examples, preds.predictions, version_2, triviaqa_file, lang)
     if version_2 and tune_threshold:
         threshold, best_f1 = find_best_threshold(examples, preds.null_scores, preds.span_predictions)
         metrics["best_null_threshold"], metrics["best_null_threshold_f1"] = threshold, best_f1
+    if lang:
+        metrics["normalisation"] = f"mlqa:{lang}"
     metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
     metrics["eval_examples"] = len(examples)
     if trainer.is_world_process_zero():
@@ -178,7 +199,8 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
              gradient_accumulation_steps: int = 1, warmup_steps: float = 0.1, weight_decay: float = 0.01,
              precision: Precision = "auto", group_by_length: bool = True, fast_attention: bool = True,
              gradient_checkpointing: bool = False, n_best: int = 20, max_answer_length: int = 30,
-             null_threshold: float = 0.0, tune_threshold: bool = True, eval_before: bool = False,
+             null_threshold: float = 0.0, tune_threshold: bool = True, lang: str | None = None,
+             eval_before: bool = False,
              logging_steps: int = 50, save_model: bool = True, max_train_samples: int | None = None,
              max_eval_samples: int | None = None, seed: int = 42, resume: bool = False,
              force: bool = False) -> dict[str, Any]:
@@ -211,6 +233,7 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         max_answer_length: longest answer in tokens.
         null_threshold: SQuAD 2.0: predict no answer when null score - best span score exceeds this.
         tune_threshold: SQuAD 2.0: also report the best null threshold on the eval set.
+        lang: score with MLQA's language-aware normalisation for this answer language (e.g. de, zh).
         eval_before: also evaluate before training (reported as metrics["before"]).
         logging_steps: log the training loss every N steps.
         save_model: save the fine-tuned model to out/model.
@@ -221,11 +244,14 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         force: reuse a non-empty out folder.
     """
     if task == "seq2seq":
+        # Forward what the caller set (values that differ from this function's extractive defaults), so
+        # T5 keeps its own defaults (e.g. Adafactor's lr 1e-3) for everything else.
         from longctx.seq2seq import finetune_seq2seq
 
-        params = inspect.signature(finetune_seq2seq).parameters
-        given = {k: v for k, v in locals().items() if k in params}
-        return finetune_seq2seq(**given)
+        ours = inspect.signature(finetune).parameters
+        theirs = inspect.signature(finetune_seq2seq).parameters
+        given = {k: v for k, v in locals().items() if k in theirs and k in ours and v != ours[k].default}
+        return finetune_seq2seq(task="seq2seq", **{k: v for k, v in given.items() if k != "task"})
     config = resolved_config(finetune, dict(locals()))
     if not train_file and not eval_file:
         raise LongctxError("nothing to do: give train_file and/or eval_file")
@@ -246,7 +272,10 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         eval_examples, version = load_examples(eval_file, data_format, max_eval_samples, **data_args)
         version_2 = data_format == "squad" and (version.startswith("2") or any(e["is_impossible"]
                                                                               for e in eval_examples))
-    if not resume:
+    if not resume and _is_main_process():
+        # Under torchrun only rank 0 checks and creates the folder: another rank checking it could see rank 0's
+        # fresh files and refuse "not empty". Other ranks write nothing here before the process group exists,
+        # and rank 0 prepares the folder before it joins that group, so no barrier is needed.
         prepare_output_dir(out_dir, force=force)
     set_seed(seed)
     tokenizer, qa_model = load_qa_model(model, fast_attention=fast_attention)
@@ -276,16 +305,18 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         train_sampling_strategy="group_by_length" if group_by_length else "random",
         save_strategy="epoch" if train_examples else "no")
     config["precision_resolved"] = resolved_precision
+    # One set of TensorBoard event files: the SummaryWriter creates its file at once, so only rank 0 gets one.
     trainer = _qa_trainer_class()(model=qa_model, args=args, train_dataset=train_features,
                       data_collator=QACollator(tokenizer), processing_class=tokenizer,
-                      callbacks=[_tensorboard(out_dir)])
+                      callbacks=[_tensorboard(out_dir)] if args.process_index == 0 else [])
     decode = dict(max_length=max_length, doc_stride=doc_stride, global_attention=global_attention, n_best=n_best,
                   max_answer_length=max_answer_length)
     metrics: dict[str, Any] = {"model": model, "train_file": train_file, "eval_file": eval_file, "seed": seed}
     if eval_examples and eval_before:
         before = predict_qa(trainer, tokenizer, eval_examples, version_2=version_2, null_threshold=null_threshold,
                             **decode)
-        metrics["before"] = score_predictions(eval_examples, before.predictions, version_2)
+        metrics["before"] = score_predictions(eval_examples, before.predictions, version_2,
+                                              eval_file if data_format == "triviaqa" else None, lang)
     if train_features is not None:
         if resume and not any((out_dir / "checkpoints").glob("checkpoint-*")):
             raise LongctxError(f"{out_dir}: no checkpoint-* folder to resume from")
@@ -294,12 +325,14 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         metrics["train"]["global_step"] = result.global_step
         metrics["train"]["windows"] = len(train_features)
         metrics["train"]["examples"] = len(train_examples)
+        metrics["train"]["world_size"] = args.world_size  # processes (torchrun ranks) that trained
         if save_model and trainer.is_world_process_zero():
             trainer.save_model(str(out_dir / "model"))
     if eval_examples:
         metrics["eval"] = _evaluate_and_write(
             trainer, tokenizer, eval_examples, out_dir, version_2=version_2, tune_threshold=tune_threshold,
-            null_threshold=null_threshold, triviaqa_file=eval_file if data_format == "triviaqa" else None, **decode)
+            null_threshold=null_threshold, triviaqa_file=eval_file if data_format == "triviaqa" else None,
+            lang=lang, **decode)
     if trainer.is_world_process_zero():
         write_json(out_dir / "run.json", run_metadata(config, seed))
         write_json(out_dir / "metrics.json", metrics)
@@ -309,7 +342,7 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
 def evaluate(*, model: str, data: str, out: str | None = None,
              data_format: Literal["squad", "triviaqa"] = "squad", max_doc_tokens: int = 4096, max_length: int = 384, doc_stride: int = 128, global_attention: bool | None = None,
              per_device_eval_batch_size: int = 16, precision: Precision = "auto", fast_attention: bool = True,
-             n_best: int = 20, max_answer_length: int = 30, null_threshold: float = 0.0,
+             n_best: int = 20, max_answer_length: int = 30, null_threshold: float = 0.0, lang: str | None = None,
              max_eval_samples: int | None = None, force: bool = False) -> dict[str, Any]:
     """Evaluate a saved QA model on SQuAD-format data; print the official-format metrics.
 
@@ -328,6 +361,7 @@ def evaluate(*, model: str, data: str, out: str | None = None,
         n_best: candidate spans kept per example.
         max_answer_length: longest answer in tokens.
         null_threshold: SQuAD 2.0 null-answer threshold.
+        lang: score with MLQA's language-aware normalisation for this answer language (e.g. de, zh).
         max_eval_samples: use only the first N questions.
         force: reuse a non-empty out folder.
     """
@@ -337,7 +371,10 @@ def evaluate(*, model: str, data: str, out: str | None = None,
     from longctx.qa.features import QACollator
 
     config = resolved_config(evaluate, dict(locals()))
-    out_dir = prepare_output_dir(out, force=force) if out else Path(tempfile.mkdtemp(prefix="longctx-eval-"))
+    if not out:
+        out_dir = Path(tempfile.mkdtemp(prefix="longctx-eval-"))
+    else:  # under torchrun only rank 0 checks and prepares the folder (see finetune)
+        out_dir = prepare_output_dir(out, force=force) if _is_main_process() else Path(out)
     tokenizer, qa_model = load_qa_model(model, fast_attention=fast_attention)
     _check_lengths(qa_model, tokenizer, max_length, doc_stride)
     if global_attention is None:
@@ -351,9 +388,11 @@ def evaluate(*, model: str, data: str, out: str | None = None,
                                   processing_class=tokenizer)
     metrics = _evaluate_and_write(trainer, tokenizer, examples, out_dir, version_2=version_2, tune_threshold=False,
                                   null_threshold=null_threshold, max_length=max_length, doc_stride=doc_stride,
-                                  triviaqa_file=data if data_format == "triviaqa" else None,
+                                  triviaqa_file=data if data_format == "triviaqa" else None, lang=lang,
                                   global_attention=global_attention, n_best=n_best,
                                   max_answer_length=max_answer_length)
+    if not trainer.is_world_process_zero():  # torchrun: rank 0 writes and prints the result once
+        return metrics
     if out:
         write_json(out_dir / "metrics.json", {"model": model, "eval_file": data, "eval": metrics})
         write_json(out_dir / "run.json", run_metadata(config))

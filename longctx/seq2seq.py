@@ -1,0 +1,413 @@
+"""Abstractive QA: fine-tune an encoder-decoder (T5) to generate the answer, scored like extractive runs.
+
+The text-to-text recipe of the T5 paper: the input is `question: {question} context: {context}`, the
+target is the first gold answer, or the word `unanswerable` for SQuAD 2.0 questions without one.
+Generated `unanswerable` becomes the empty string in predictions.json (the official "no answer"), so
+`longctx score` and `longctx report` treat these runs exactly like extractive ones.
+
+Contexts longer than `max_source_length` tokens are cut (the answer may be lost); how many were cut is
+logged and recorded in metrics.json. T5 has relative position buckets, not a position table, so a
+larger `max_source_length` than the checkpoint's 512 runs, at quadratic attention cost.
+
+`tiny_t5` and `synthetic_qa` are offline stand-ins for tests and demos: a T5 with a Unigram
+(SentencePiece-style) tokenizer trained on the fly, and small generated QA sets with unanswerable questions.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from longctx.common import LongctxError, log, precision_flags, prepare_output_dir, read_json, run_metadata, write_json
+from longctx.config import resolved_config
+
+UNANSWERABLE = "unanswerable"
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+
+
+def source_text(question: str, context: str) -> str:
+    """The T5 paper's SQuAD input format."""
+    return f"question: {question.strip()} context: {context.strip()}"
+
+
+def target_text(example: dict) -> str:
+    """First gold answer, or `unanswerable` when there is none (SQuAD 2.0 impossible questions)."""
+    texts = example["answers"]["text"]
+    return texts[0] if texts and not example.get("is_impossible") else UNANSWERABLE
+
+
+def to_prediction(generated: str) -> str:
+    """A generated answer as an official-format prediction: `unanswerable` -> "" (no answer)."""
+    text = generated.strip()
+    return "" if text.rstrip(".").strip().lower() == UNANSWERABLE else text
+
+
+def _resolve_precision(precision: str) -> tuple[str, dict[str, bool]]:
+    """T5 overflows in fp16 (its activations exceed 65504; losses go NaN), so `auto` never picks fp16:
+    bf16 where the device has it (GPU with bf16, any CPU), otherwise fp32."""
+    import torch
+
+    if precision == "auto":
+        if torch.cuda.is_available():
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        else:
+            precision = "bf16"
+    elif precision == "fp16":
+        log.warning("precision fp16: T5 activations often overflow in fp16 (NaN loss); bf16 or fp32 are safer")
+    return precision_flags(precision)
+
+
+def _load_model(model: str):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        net = AutoModelForSeq2SeqLM.from_pretrained(model)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise LongctxError(f"{model}: cannot load an encoder-decoder (seq2seq) model ({first})") from None
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise LongctxError(f"{model}: the tokenizer needs pad and eos tokens for seq2seq training")
+    return tokenizer, net
+
+
+def _encode(examples: list[dict], tokenizer, max_source_length: int, max_target_length: int, what: str):
+    """Tokenized dataset (input_ids, attention_mask, labels) plus counts of cut inputs and targets."""
+    from datasets import Dataset
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        sources = [source_text(q, c) for q, c in zip(batch["question"], batch["context"])]
+        enc = tokenizer(sources, truncation=True, max_length=max_source_length)
+        labels = tokenizer(text_target=batch["target"], truncation=True, max_length=max_target_length)
+        enc["labels"] = labels["input_ids"]
+        enc["source_cut"] = _was_cut(enc, tokenizer, sources, max_source_length)
+        enc["target_cut"] = _was_cut(labels, tokenizer, batch["target"], max_target_length)
+        return enc
+
+    raw = Dataset.from_dict({"question": [e["question"] for e in examples],
+                             "context": [e["context"] for e in examples],
+                             "target": [target_text(e) for e in examples]})
+    data = raw.map(encode, batched=True, remove_columns=raw.column_names, desc=f"{what} inputs")
+    cut_sources, cut_targets = sum(data["source_cut"]), sum(data["target_cut"])
+    if cut_sources:
+        log.warning("%s: %d of %d inputs are longer than max_source_length=%d tokens and were truncated "
+                    "(their answers may be cut off)", what, cut_sources, len(data), max_source_length)
+    if cut_targets:
+        log.warning("%s: %d of %d target answers are longer than max_target_length=%d tokens and were truncated",
+                    what, cut_targets, len(data), max_target_length)
+    return data.remove_columns(["source_cut", "target_cut"]), cut_sources, cut_targets
+
+
+def _was_cut(enc, tokenizer, texts: list[str], max_length: int) -> list[bool]:
+    """Whether truncation removed tokens. Fast tokenizers keep the removed part in `overflowing`, so
+    one tokenization pass suffices; other tokenizers are asked again without truncation."""
+    encodings = getattr(enc, "encodings", None)
+    if encodings:
+        return [bool(e.overflowing) for e in encodings]
+    full = tokenizer(texts, truncation=False)["input_ids"]
+    return [len(ids) > max_length for ids in full]
+
+
+def optimizer_args(optimizer: str, warmup_steps: float = 0) -> dict[str, str]:
+    """TrainingArguments fields for the optimizer and its schedule.
+
+    optim="adafactor" makes the Trainer build transformers' Adafactor with lr=learning_rate,
+    scale_parameter=False and relative_step=False (warmup_init keeps its default, False): the T5
+    fine-tuning settings, so no hand-made optimizer is needed. The constant schedule keeps the paper's
+    fixed learning rate. AdamW gets the usual linear decay."""
+    if optimizer == "adafactor":
+        return {"optim": "adafactor", "lr_scheduler_type": "constant_with_warmup" if warmup_steps else "constant"}
+    if optimizer == "adamw":
+        return {"optim": "adamw_torch", "lr_scheduler_type": "linear"}
+    raise LongctxError(f"field 'optimizer': must be adafactor or adamw, got {optimizer!r}")
+
+
+def _tensorboard(log_dir: Path):
+    """TensorBoard callback writing to `log_dir`. TrainingArguments has no logging_dir in transformers 5;
+    setting the callback's own folder (rather than the TENSORBOARD_LOGGING_DIR variable) keeps the
+    process environment untouched, and it survives the writer being reopened after training."""
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(log_dir)
+    return callback
+
+
+def _generate(trainer, tokenizer, data, *, num_beams: int, max_length: int) -> tuple[list[str], dict[str, float]]:
+    import numpy as np
+
+    output = trainer.predict(data, num_beams=num_beams, max_length=max_length, metric_key_prefix="eval")
+    ids = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    # Batches are concatenated with -100 padding; decode that as padding.
+    ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+    stats = {k: v for k, v in (output.metrics or {}).items() if isinstance(v, (int, float))}
+    return [t.strip() for t in texts], stats
+
+
+def _score(examples: list[dict], predictions: dict[str, str], version_2: bool) -> dict[str, Any]:
+    from longctx.qa.metrics import squad_v1, squad_v2
+
+    return dict(squad_v2(examples, predictions) if version_2 else squad_v1(examples, predictions))
+
+
+def _check_resume(out_dir: Path, config: dict[str, Any]) -> None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpts = out_dir / "checkpoints"
+    if not ckpts.is_dir() or get_last_checkpoint(str(ckpts)) is None:
+        raise LongctxError(f"{out_dir}: no checkpoint-* folder under checkpoints/ to resume from")
+    previous = (read_json(out_dir / "run.json", "run.json").get("config") or {}) \
+        if (out_dir / "run.json").is_file() else {}
+    ignore = {"resume", "force", "precision_resolved"}
+    changed = sorted(k for k in config if k not in ignore and k in previous and previous[k] != config[k])
+    if changed:
+        log.warning("%s: resuming with changed field(s) %s (was: %s)", out_dir, ", ".join(changed),
+                    ", ".join(f"{k}={previous[k]!r}" for k in changed))
+
+
+def finetune_seq2seq(*, model: str, out: str, train_file: str | None = None, eval_file: str | None = None,
+                     task: Literal["seq2seq"] = "seq2seq", max_source_length: int = 512,
+                     max_target_length: int = 32, optimizer: Literal["adafactor", "adamw"] = "adafactor",
+                     learning_rate: float = 1e-3, num_train_epochs: float = 3, max_steps: int = -1,
+                     per_device_train_batch_size: int = 8, per_device_eval_batch_size: int = 16,
+                     gradient_accumulation_steps: int = 1, warmup_steps: float = 0, weight_decay: float = 0.0,
+                     num_beams: int = 4, generation_max_length: int = 32, precision: Precision = "auto",
+                     logging_steps: int = 50, save_steps: int = 1000, save_model: bool = True, seed: int = 42,
+                     max_train_samples: int | None = None, max_eval_samples: int | None = None,
+                     resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Fine-tune an encoder-decoder (T5) for abstractive QA, generate answers, and score them like SQuAD.
+
+    Args:
+        model: encoder-decoder folder or hub name (t5-small, google/t5-v1_1-base, a tiny_t5 folder...).
+        out: run folder: metrics.json, predictions.json, generations.json, run.json, log_history.json,
+            tensorboard/, checkpoints/, model/.
+        train_file: SQuAD-format JSON (or dataset name, train split) to train on; omit to only evaluate.
+        eval_file: SQuAD-format JSON (or dataset name, validation split); its version (1.1/2.0) picks the metrics.
+        task: seq2seq (the field `longctx finetune` uses to choose this recipe).
+        max_source_length: tokens of `question: ... context: ...`; longer inputs are truncated and counted.
+        max_target_length: tokens of the target answer in training.
+        optimizer: adafactor (T5 paper: constant lr 1e-3, no parameter scaling, no relative steps) or adamw
+            (linear decay).
+        learning_rate: learning rate (adafactor: constant; adamw: peak, e.g. 3e-4).
+        num_train_epochs: epochs over the training questions.
+        max_steps: stop after this many optimizer steps (overrides epochs when > 0).
+        per_device_train_batch_size: questions per device per step.
+        per_device_eval_batch_size: questions per device in generation.
+        gradient_accumulation_steps: steps accumulated per optimizer update.
+        warmup_steps: linear warmup steps (a float below 1 is a fraction of all steps).
+        weight_decay: weight decay (the T5 recipe uses none).
+        num_beams: beams in answer generation (1: greedy).
+        generation_max_length: longest generated answer in tokens.
+        precision: auto (bf16 where supported, else fp32; never fp16, where T5 overflows), fp32, fp16 or bf16.
+        logging_steps: log the training loss every N steps.
+        save_steps: save a checkpoint (for resume) every N steps; the last two are kept.
+        save_model: save the fine-tuned model to out/model.
+        seed: random seed (data order, dropout).
+        max_train_samples: use only the first N training questions.
+        max_eval_samples: use only the first N evaluation questions.
+        resume: continue from the last checkpoint in out/checkpoints.
+        force: reuse a non-empty out folder (its checkpoints/ and tensorboard/ are cleared).
+    """
+    config = resolved_config(finetune_seq2seq, dict(locals()))
+    if not train_file and not eval_file:
+        raise LongctxError("nothing to do: give train_file and/or eval_file")
+    for name, value in (("max_source_length", max_source_length), ("max_target_length", max_target_length),
+                        ("num_beams", num_beams), ("generation_max_length", generation_max_length),
+                        ("per_device_train_batch_size", per_device_train_batch_size),
+                        ("per_device_eval_batch_size", per_device_eval_batch_size)):
+        if value < 1:
+            raise LongctxError(f"field '{name}': must be at least 1, got {value}")
+    if resume and not train_file:
+        raise LongctxError("resume needs a train_file (there is no training to continue)")
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
+
+    from longctx.data.squad import load_squad
+
+    out_dir = Path(out)
+    if resume:
+        _check_resume(out_dir, config)
+    else:
+        prepare_output_dir(out_dir, force=force)
+        for stale in ("checkpoints", "tensorboard"):  # a forced rerun must not mix with the old run's state
+            shutil.rmtree(out_dir / stale, ignore_errors=True)
+    set_seed(seed)
+    resolved_precision, precision_args = _resolve_precision(precision)
+    config["precision_resolved"] = resolved_precision
+
+    train_examples = eval_examples = None
+    version_2 = False
+    if train_file:
+        train_examples = load_squad(train_file, split="train").examples[:max_train_samples or None]
+        if not train_examples:
+            raise LongctxError(f"{train_file}: no training questions")
+    if eval_file:
+        data = load_squad(eval_file, split="validation")
+        eval_examples = data.examples[:max_eval_samples or None]
+        if not eval_examples:
+            raise LongctxError(f"{eval_file}: no evaluation questions")
+        version_2 = data.version.startswith("2") or any(e["is_impossible"] for e in eval_examples)
+
+    tokenizer, net = _load_model(model)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if limit and limit < 10**6 and max_source_length > limit:
+        log.info("max_source_length %d exceeds the tokenizer's model_max_length %d; T5's relative positions "
+                 "allow it, at quadratic attention cost", max_source_length, limit)
+    # written once the inputs load (a bad path leaves the folder empty); rewritten at the end
+    write_json(out_dir / "run.json", run_metadata(config, seed))
+    train_data = eval_data = None
+    cut: dict[str, int] = {}
+    if train_examples:
+        train_data, cut["train_sources"], cut["train_targets"] = _encode(
+            train_examples, tokenizer, max_source_length, max_target_length, "train")
+    if eval_examples:
+        eval_data, cut["eval_sources"], cut["eval_targets"] = _encode(
+            eval_examples, tokenizer, max_source_length, max_target_length, "eval")
+
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(out_dir / "checkpoints"), report_to="none", dataloader_num_workers=0,
+        learning_rate=learning_rate, num_train_epochs=num_train_epochs, max_steps=max_steps,
+        per_device_train_batch_size=per_device_train_batch_size, per_device_eval_batch_size=per_device_eval_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps, warmup_steps=warmup_steps,
+        weight_decay=weight_decay, logging_strategy="steps", logging_steps=logging_steps,
+        save_strategy="steps" if train_data is not None else "no", save_steps=save_steps, save_total_limit=2,
+        seed=seed, data_seed=seed, predict_with_generate=True, generation_num_beams=num_beams,
+        generation_max_length=generation_max_length, **optimizer_args(optimizer, warmup_steps), **precision_args)
+    tensorboard = _tensorboard(out_dir / "tensorboard")
+    trainer = Seq2SeqTrainer(model=net, args=args, train_dataset=train_data,
+                             data_collator=DataCollatorForSeq2Seq(tokenizer, model=net, label_pad_token_id=-100),
+                             processing_class=tokenizer, callbacks=[tensorboard])
+
+    metrics: dict[str, Any] = {"task": "seq2seq", "model": model, "train_file": train_file, "eval_file": eval_file,
+                               "seed": seed}
+    if train_data is not None:
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        metrics["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        metrics["train"].update(examples=len(train_examples), truncated_contexts=cut["train_sources"],
+                                truncated_targets=cut["train_targets"], first_loss=losses[0] if losses else None,
+                                last_loss=losses[-1] if losses else None, optimizer=optimizer)
+        if save_model and trainer.is_world_process_zero():
+            trainer.save_model(str(out_dir / "model"))
+    if eval_data is not None:
+        start = time.perf_counter()
+        generated, stats = _generate(trainer, tokenizer, eval_data, num_beams=num_beams,
+                                     max_length=generation_max_length)
+        generations = {ex["id"]: text for ex, text in zip(eval_examples, generated)}
+        predictions = {qid: to_prediction(text) for qid, text in generations.items()}
+        scores = _score(eval_examples, predictions, version_2)
+        scores.update(truncated_contexts=cut["eval_sources"], eval_examples=len(eval_examples),
+                      unanswerable_predicted=sum(1 for p in predictions.values() if not p),
+                      eval_seconds=round(time.perf_counter() - start, 2))
+        if "eval_loss" in stats:
+            scores["eval_loss"] = stats["eval_loss"]
+        metrics["eval"] = scores
+        metrics["truncated_contexts"] = cut["eval_sources"]
+        if trainer.is_world_process_zero():
+            write_json(out_dir / "predictions.json", predictions)
+            write_json(out_dir / "generations.json", generations)  # raw text, before unanswerable -> ""
+            trainer.log({k if k.startswith("eval_") else f"eval_{k}": v for k, v in scores.items()
+                         if isinstance(v, (int, float))})  # final scores in TensorBoard too
+    if tensorboard.tb_writer is not None:
+        tensorboard.tb_writer.close()
+    if trainer.is_world_process_zero():
+        write_json(out_dir / "log_history.json", trainer.state.log_history)
+        write_json(out_dir / "run.json", run_metadata(config, seed))
+        write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+# ---------------------------------------------------------------- offline stand-ins (tests, demo)
+
+_PEOPLE = ("Ada", "Boris", "Clara", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kofi", "Lena",
+           "Mateo", "Nadia", "Omar", "Priya")
+_PLACES = ("Paris", "London", "Berlin", "Tokyo", "Cairo", "Lima", "Oslo", "Rome", "Madrid", "Vienna", "Dublin",
+           "Prague", "Warsaw", "Athens", "Delhi")
+# relation -> (statement, question)
+_RELATIONS = {"born": ("{p} was born in {c}.", "Where was {p} born?"),
+              "lives": ("{p} lives in {c}.", "Where does {p} live?"),
+              "works": ("{p} works in {c}.", "Where does {p} work?")}
+
+
+def synthetic_qa(n: int, *, facts: int = 2, unanswerable: float = 0.0, seed: int = 0,
+                 id_prefix: str = "syn") -> list[dict]:
+    """Short generated QA records in longctx's flat SQuAD layout.
+
+    Each context states `facts` facts about different people, each with a different relation ("Ada was
+    born in Paris. Boris lives in Rome."); the question asks for one of them ("Where was Ada born?").
+    With probability `unanswerable` it instead asks about a relation the context does not state
+    ("Where does Ada work?"): is_impossible, no answers (SQuAD 2.0). The relation word decides the
+    answer, which a tiny model learns in a few hundred steps (binding names to cities takes far longer)."""
+    if not 1 <= facts <= len(_RELATIONS) - (unanswerable > 0):
+        raise ValueError(f"facts must be 1..{len(_RELATIONS) - (unanswerable > 0)} "
+                         f"({len(_RELATIONS)} relations{', one left unstated for unanswerable questions' if unanswerable else ''})")
+    rng = random.Random(seed)
+    examples = []
+    for i in range(n):
+        people = rng.sample(_PEOPLE, facts)
+        places = rng.sample(_PLACES, facts)
+        relations = rng.sample(list(_RELATIONS), facts)
+        context = " ".join(_RELATIONS[r][0].format(p=p, c=c) for p, r, c in zip(people, relations, places))
+        impossible = rng.random() < unanswerable
+        if impossible:
+            person = rng.choice(people)
+            relation = rng.choice([r for r in _RELATIONS if r not in relations])
+            answers = {"text": [], "answer_start": []}
+        else:
+            k = rng.randrange(facts)
+            person, relation, place = people[k], relations[k], places[k]
+            statement = _RELATIONS[relation][0].format(p=person, c=place)
+            start = context.index(statement) + statement.index(place)
+            answers = {"text": [place], "answer_start": [start]}
+        examples.append({"id": f"{id_prefix}-{seed}-{i:05d}", "title": "synthetic", "context": context,
+                         "question": _RELATIONS[relation][1].format(p=person), "answers": answers,
+                         "is_impossible": impossible})
+    return examples
+
+
+def t5_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 1000, extra_ids: int = 100):
+    """A transformers T5Tokenizer whose Unigram (SentencePiece-style) model is trained on synthetic.corpus()
+    plus `texts`, the prompt words and `unanswerable`.
+
+    T5's conventions: Metaspace pieces, <pad>=0, </s>=1, <unk>=2, `extra_ids` sentinels after the vocabulary.
+    The general corpus is always included: on a few hundred distinct words alone (a generated QA set) the
+    Unigram trainer keeps ~100 pieces, mostly single characters, whatever vocab_size asks for."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import T5Tokenizer
+
+    from longctx.data.synthetic import corpus
+
+    texts = corpus() + list(texts or []) + [f"question: context: {UNANSWERABLE}"] * 50
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(texts, trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False))
+    vocab = [tuple(v) for v in json.loads(tok.to_str())["model"]["vocab"]]
+    return T5Tokenizer(vocab=vocab, extra_ids=extra_ids)
+
+
+def tiny_t5(out: str | Path, texts: Iterable[str] | None = None, d_model: int = 64, layers: int = 2, heads: int = 4,
+            d_ff: int = 256, vocab_size: int = 1000, dropout: float = 0.0, max_length: int = 512,
+            seed: int = 0) -> Path:
+    """Save a tiny randomly initialised T5 (T5ForConditionalGeneration) and its tokenizer to `out`.
+
+    The tokenizer is trained on synthetic.corpus() plus `texts`; see `t5_tokenizer`."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = t5_tokenizer(texts, vocab_size=vocab_size)
+    tokenizer.model_max_length = max_length
+    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // heads, d_ff=d_ff,
+                      num_layers=layers, num_decoder_layers=layers, num_heads=heads, dropout_rate=dropout,
+                      feed_forward_proj="relu", pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config)
+    out = Path(out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -15,6 +15,7 @@ help:
 	@echo "make demo       run the offline demo (convert MiniLM to 4096 positions, fine-tune, evaluate)"
 	@echo "make test       run the whole test suite (what CI runs)"
 	@echo "make test-fast  the suite without tests marked slow"
+	@echo "make help-containers  the Docker workflow (build, up, repl, shell, logs, tensorboard, down)"
 
 venv: $(STAMP)
 

@@ -12,6 +12,12 @@ killed) is reported as such instead of stopping the run.
     python bench/attention.py --device cuda --dtype bf16        # GPU
     python bench/attention.py --quick                           # small smoke run
     python bench/attention.py --whole-model                     # fine-tune steps, tokens/s, loss agreement
+    python bench/attention.py --threads 1 --clock cpu --stat min  # steadier on a shared machine
+
+On a machine shared with other jobs, wall-clock medians can move by 10x between runs; `--stat min` and
+`--clock cpu` (the process's user+sys seconds, recorded alongside wall time in --out either way) are
+less disturbed. Note that HF's time includes page-faulting its large temporaries under glibc's default
+malloc settings (see bench/RESULTS.md).
 
 Whole-model mode: a small converted Longformer (MiniLM-L6 through longctx.convert.to_long when both are
 available, else a random 6-layer 384-wide Longformer) is fine-tuned for QA for a few steps with and without

@@ -128,6 +128,28 @@ def run_metadata(config: dict[str, Any] | None = None, seed: int | None = None) 
     return meta
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set: hub names resolve from the local cache only."""
+    return any(os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub endpoint: without it `datasets` retries for ~25 s before failing."""
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # the proxy resolves the name; let datasets try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def shared_data(relative: str) -> Path:
     """Path to a file under ../shared/data (used by tests and benchmarks; never committed)."""
     return SHARED_DATA / relative

@@ -10,13 +10,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from longctx.common import LongctxError, log, read_json, write_json
+from longctx.common import LongctxError, hub_offline, hub_reachable, log, read_json, write_json
 
 
 @dataclass
@@ -168,29 +166,15 @@ def _check(examples: list[dict], source: str, max_misaligned: float) -> None:
         log.warning(message)
 
 
-def _offline() -> bool:
-    return any(os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One TCP connect to the hub endpoint: without it `datasets` retries for ~25 s before failing."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # the proxy resolves the name; let datasets try
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _load_hub(name: str, split: str) -> tuple[list[dict], str]:
     repo, config, version = _hub_target(name)
     unreachable = (f"cannot reach the Hugging Face hub to load '{name}'; download the JSON and pass its path")
     # Offline mode lets datasets answer from its cache (or fail) at once; online, probe first.
-    if not _offline() and not _hub_reachable():
+    if not hub_offline() and not hub_reachable():
         raise LongctxError(unreachable)
     try:
         import datasets
@@ -198,7 +182,7 @@ def _load_hub(name: str, split: str) -> tuple[list[dict], str]:
         rows = datasets.load_dataset(repo, config, split=split).to_list()
     except ConnectionError:
         raise LongctxError(f"{unreachable} (offline mode is on and no cached copy was found)"
-                           if _offline() else unreachable) from None
+                           if hub_offline() else unreachable) from None
     except Exception as e:  # bad config/split names and missing repositories come in many types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LongctxError(f"{name}: cannot load {repo}{f' ({config})' if config else ''} split '{split}' "

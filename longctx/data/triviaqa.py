@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longctx.common import LongctxError, log, read_json
+from longctx.common import LongctxError, hub_offline, hub_reachable, log, read_json
 from longctx.qa.triviaqa_metrics import _PUNCTUATION, ground_truths, normalize_answer
 
 DOMAINS = ("Wikipedia", "Web")
@@ -151,9 +151,6 @@ def load_qa_data(source: str, *, need_answers: bool = False, for_scoring: bool =
 # ---------------------------------------------------------------------------------------------
 # The hub's trivia_qa configs, converted to the official layout (evidence text kept inline).
 
-def _hub_offline() -> bool:
-    return any(os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def _load_hub(name: str, *, split: str | None, default_split: str, with_text: bool) -> list[dict]:
@@ -166,12 +163,10 @@ def _load_hub(name: str, *, split: str | None, default_split: str, with_text: bo
         config += ".nocontext"
     unreachable = (f"{name}: cannot load {HUB_REPO} ({config}, {split}) from the Hugging Face hub; download the "
                    f"TriviaQA rc release and pass its qa/<file>.json instead")
-    if _hub_offline():
+    if hub_offline():
         unreachable += " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set and it is not in the datasets cache)"
     else:
-        from longctx.data.squad import _hub_reachable  # one quick TCP probe instead of datasets' long retries
-
-        if not _hub_reachable():
+        if not hub_reachable():  # one quick TCP probe instead of datasets' long retries
             raise LongctxError(unreachable)
     try:
         import datasets
@@ -180,7 +175,7 @@ def _load_hub(name: str, *, split: str | None, default_split: str, with_text: bo
     except ConnectionError:
         raise LongctxError(unreachable) from None
     except Exception as e:  # missing cache entries, bad split names, ... come in many types
-        if _hub_offline():
+        if hub_offline():
             raise LongctxError(unreachable) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LongctxError(f"{name}: cannot load {HUB_REPO} ({config}) split '{split}': {first}") from None

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlparse
 
 import numpy as np
 
-from longctx.common import LongctxError, log
+from longctx.common import LongctxError, hub_offline, hub_reachable, log
 
 Packing = Literal["concat", "article"]
 
@@ -103,22 +101,8 @@ def split_articles(text: str, source: str = "<text>") -> list[Article]:
     return articles
 
 
-def _offline() -> bool:
-    return any(os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One TCP connect to the hub: without it `datasets` retries for a long while before failing."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # the proxy resolves the name; let datasets try
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def hub_target(name: str) -> tuple[str, str | None]:
@@ -134,7 +118,7 @@ def load_hub_text(name: str, split: str) -> tuple[str, str]:
     repo, config = hub_target(name)
     label = f"{repo}{f' ({config})' if config else ''} {split}"
     hint = "pass --train-file/--eval-file paths to wiki.*.raw files instead"
-    if not _offline() and not _hub_reachable():
+    if not hub_offline() and not hub_reachable():
         raise LongctxError(f"{name}: cannot reach the Hugging Face hub to load {label}; {hint}")
     try:
         import datasets
@@ -142,7 +126,7 @@ def load_hub_text(name: str, split: str) -> tuple[str, str]:
         rows = datasets.load_dataset(repo, config, split=split)["text"]
     except Exception as e:  # offline cache misses, bad names and network errors come in many types
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        where = " (offline mode: it is not in the local datasets cache)" if _offline() else ""
+        where = " (offline mode: it is not in the local datasets cache)" if hub_offline() else ""
         raise LongctxError(f"{name}: cannot load {label}{where}: {first}; {hint}") from None
     # Rows are lines with their newline; blank lines are '' rows.
     return "".join(r if r.endswith("\n") else r + "\n" for r in rows), label

@@ -145,7 +145,9 @@ def test_hub_unreachable_fails_before_datasets_retries(monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr(squad.socket, "create_connection", no_network)
+    import socket
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
     with pytest.raises(LongctxError, match="cannot reach the Hugging Face hub to load 'xquad.de'"):
         load_squad("xquad.de")
 

@@ -343,3 +343,33 @@ def test_recipes(name, model, max_length, global_attention):
     assert recipe["per_device_train_batch_size"] * recipe["gradient_accumulation_steps"] == 32
     assert recipe["train_file"].endswith("qa/wikipedia-train.json")
     assert recipe["eval_file"].endswith("qa/wikipedia-dev.json")
+
+
+def test_triviaqa_matrix_runs_through_sweep_and_report(tiny_encoder_dir, tmp_path):
+    """Issue #8, item 3: TriviaQA cells in a `longctx sweep` matrix, scored by the official metric,
+    and their numbers in `longctx report`'s table."""
+    import yaml
+
+    from longctx.report import report
+    from longctx.sweep import sweep
+
+    qa = Path(__file__).resolve().parent.parent / "fixtures" / "triviaqa" / "qa" / "wikipedia-dev.json"
+    runs = tmp_path / "runs"
+    matrix = tmp_path / "triviaqa.yaml"
+    matrix.write_text(yaml.safe_dump({
+        "runs_dir": str(runs), "seeds": [1, 2],
+        "finetune": {"data_format": "triviaqa", "max_doc_tokens": 300, "max_length": 96, "doc_stride": 32,
+                     "max_steps": 2, "per_device_train_batch_size": 4, "precision": "fp32", "save_model": False},
+        "models": {"tiny-bert": {"model": str(tiny_encoder_dir("bert", max_positions=128))}},
+        "datasets": {"triviaqa-wiki": {"train_file": str(qa), "eval_file": str(qa)}}}))
+    result = sweep(str(matrix), isolate=False)
+    assert [c["outcome"] for c in result["cells"]] == ["ran", "ran"]
+    f1 = [json.loads((runs / f"tiny-bert/triviaqa-wiki/seed-{s}/metrics.json").read_text())["eval"]["f1"]
+          for s in (1, 2)]
+    import statistics
+
+    (row,) = report(str(runs))["rows"]
+    assert (row["model"], row["dataset"], row["n"]) == ("tiny-bert", "triviaqa-wiki", 2)
+    assert row["f1"]["mean"] == pytest.approx(statistics.mean(f1), abs=1e-9)
+    assert row["f1"]["std"] == pytest.approx(statistics.stdev(f1), abs=1e-9)
+    assert "triviaqa-wiki" in (runs / "report" / "report.md").read_text()

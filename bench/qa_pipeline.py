@@ -117,10 +117,10 @@ def main() -> None:
         lambda: reference_decode(examples, features, start_logits, end_logits), 1)
     decode_s, preds = best_of(
         lambda: postprocess_predictions(examples, features, start_logits, end_logits), args.repeats)
-    agree = sum(ref_answers[k] == preds.predictions[k] for k in ref_answers) / n
+    agree = float(sum(ref_answers[k] == preds.predictions[k] for k in ref_answers) / n)
     # The reference takes its top-20 over all tokens (question included) and then filters; longctx takes
     # it over context tokens only, so where they differ longctx must have found a higher-scoring span.
-    worse = sum(preds.best_scores[k] < ref_scores[k] - 1e-4 for k in ref_scores)
+    worse = int(sum(preds.best_scores[k] < ref_scores[k] - 1e-4 for k in ref_scores))
     rows.append(("decode: reference per-window loops", n / ref_decode_s, None))
     rows.append(("decode: longctx vectorised n-best", n / decode_s, ref_decode_s / decode_s))
 

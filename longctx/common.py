@@ -128,6 +128,18 @@ def run_metadata(config: dict[str, Any] | None = None, seed: int | None = None) 
     return meta
 
 
+def tensorboard_callback(log_dir: str | os.PathLike):
+    """A Trainer callback logging to `log_dir`. TrainingArguments has no logging_dir in transformers 5;
+    setting the callback's own folder (not the TENSORBOARD_LOGGING_DIR variable) leaves the environment
+    alone, and the writer is only opened when training starts, on the main process (one set of files
+    under torchrun)."""
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(log_dir)
+    return callback
+
+
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set: hub names resolve from the local cache only."""
     return any(os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
@@ -168,5 +180,8 @@ def precision_flags(precision: str) -> tuple[str, dict[str, bool]]:
     if precision not in ("fp32", "fp16", "bf16"):
         raise LongctxError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
     if precision == "fp16" and not cuda:
-        raise LongctxError("precision fp16 needs a GPU (on CPU transformers silently trains fp32); use bf16 or fp32")
+        raise LongctxError("precision fp16 needs a CUDA GPU (on CPU transformers silently trains fp32); "
+                           "use bf16 or fp32")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise LongctxError("precision bf16: this GPU does not support bfloat16; use fp16 or fp32")
     return precision, {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from longctx.common import LongctxError, log, prepare_output_dir, precision_flags, run_metadata, write_json
+from longctx.common import (LongctxError, log, precision_flags, prepare_output_dir, run_metadata,
+                            tensorboard_callback, write_json)
 from longctx.config import resolved_config
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -126,13 +127,6 @@ def _training_args(out: Path, precision: str, **kwargs):
                              save_strategy=kwargs.pop("save_strategy", "epoch"), save_total_limit=2,
                              logging_strategy="steps", **flags, **kwargs)
     return resolved, args
-
-
-def _tensorboard(out: Path):
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
-
-    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "tensorboard")))
 
 
 def predict_qa(trainer, tokenizer, examples: list[dict], *, max_length: int, doc_stride: int, global_attention: bool,
@@ -305,10 +299,9 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         train_sampling_strategy="group_by_length" if group_by_length else "random",
         save_strategy="epoch" if train_examples else "no")
     config["precision_resolved"] = resolved_precision
-    # One set of TensorBoard event files: the SummaryWriter creates its file at once, so only rank 0 gets one.
     trainer = _qa_trainer_class()(model=qa_model, args=args, train_dataset=train_features,
-                      data_collator=QACollator(tokenizer), processing_class=tokenizer,
-                      callbacks=[_tensorboard(out_dir)] if args.process_index == 0 else [])
+                                  data_collator=QACollator(tokenizer), processing_class=tokenizer,
+                                  callbacks=[tensorboard_callback(out_dir / "tensorboard")])
     decode = dict(max_length=max_length, doc_stride=doc_stride, global_attention=global_attention, n_best=n_best,
                   max_answer_length=max_answer_length)
     metrics: dict[str, Any] = {"model": model, "train_file": train_file, "eval_file": eval_file, "seed": seed}

@@ -43,7 +43,8 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from longctx.common import LongctxError, log, prepare_output_dir, read_json, run_metadata, write_json
+from longctx.common import (LongctxError, log, precision_flags, prepare_output_dir, read_json, run_metadata,
+                            tensorboard_callback, write_json)
 from longctx.config import resolved_config
 from longctx.data import wikitext
 
@@ -311,16 +312,8 @@ def recopy_global_projections(model) -> int:
 
 
 def _device_and_precision(precision: str) -> tuple[str, str]:
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolved = ("fp16" if device == "cuda" else "bf16") if precision == "auto" else precision
-    if resolved == "fp16" and device != "cuda":
-        raise LongctxError("precision fp16 needs a CUDA GPU (on CPU it would silently train in fp32); "
-                           "use bf16 or fp32")
-    if resolved == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
-        raise LongctxError("precision bf16: this GPU does not support bfloat16; use fp16 or fp32")
-    return device, resolved
+    resolved, flags = precision_flags(precision)
+    return ("cpu" if flags["use_cpu"] else "cuda"), resolved
 
 
 # ------------------------------------------------------------------------------------------ trainer
@@ -512,7 +505,6 @@ def pretrain(
 
     import transformers
     from transformers import DataCollatorForTokenClassification, TrainingArguments
-    from transformers.integrations import TensorBoardCallback
 
     from longctx.convert import add_length_guard, max_tokens
 
@@ -648,8 +640,7 @@ def pretrain(
 
     # Train.
     MLMTrainer, EpochCallback = _trainer_class()
-    tensorboard = TensorBoardCallback()
-    tensorboard.logging_dir = str(out_dir / "tensorboard")
+    tensorboard = tensorboard_callback(out_dir / "tensorboard")
     trainer = MLMTrainer(
         model=mlm, args=args, train_dataset=train_set,
         eval_dataset=[{"input_ids": i, "labels": lab} for i, lab in eval_text.blocks(max_pos, cls_id, sep_id)],

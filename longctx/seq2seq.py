@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from longctx.common import LongctxError, log, precision_flags, prepare_output_dir, read_json, run_metadata, write_json
+from longctx.common import (LongctxError, log, precision_flags, prepare_output_dir, read_json, run_metadata,
+                            tensorboard_callback, write_json)
 from longctx.config import resolved_config
 
 UNANSWERABLE = "unanswerable"
@@ -123,17 +124,6 @@ def optimizer_args(optimizer: str, warmup_steps: float = 0) -> dict[str, str]:
     if optimizer == "adamw":
         return {"optim": "adamw_torch", "lr_scheduler_type": "linear"}
     raise LongctxError(f"field 'optimizer': must be adafactor or adamw, got {optimizer!r}")
-
-
-def _tensorboard(log_dir: Path):
-    """TensorBoard callback writing to `log_dir`. TrainingArguments has no logging_dir in transformers 5;
-    setting the callback's own folder (rather than the TENSORBOARD_LOGGING_DIR variable) keeps the
-    process environment untouched, and it survives the writer being reopened after training."""
-    from transformers.integrations import TensorBoardCallback
-
-    callback = TensorBoardCallback()
-    callback.logging_dir = str(log_dir)
-    return callback
 
 
 def _generate(trainer, tokenizer, data, *, num_beams: int, max_length: int) -> tuple[list[str], dict[str, float]]:
@@ -276,7 +266,7 @@ def finetune_seq2seq(*, model: str, out: str, train_file: str | None = None, eva
         save_strategy="steps" if train_data is not None else "no", save_steps=save_steps, save_total_limit=2,
         seed=seed, data_seed=seed, predict_with_generate=True, generation_num_beams=num_beams,
         generation_max_length=generation_max_length, **optimizer_args(optimizer, warmup_steps), **precision_args)
-    tensorboard = _tensorboard(out_dir / "tensorboard")
+    tensorboard = tensorboard_callback(out_dir / "tensorboard")
     trainer = Seq2SeqTrainer(model=net, args=args, train_dataset=train_data,
                              data_collator=DataCollatorForSeq2Seq(tokenizer, model=net, label_pad_token_id=-100),
                              processing_class=tokenizer, callbacks=[tensorboard])

@@ -31,19 +31,25 @@ def _merge(base: dict, over: dict) -> dict:
     return merged
 
 
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file's content ({} when empty); a missing file or bad YAML is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise LongctxError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise LongctxError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+
+
 def load_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML recipe, resolving `inherit:` (a path or a list of paths, earlier ones first)."""
     path = Path(path).resolve()
     if path in _seen:
         raise LongctxError(f"{path}: inherit cycle ({' -> '.join(p.name for p in _seen + (path,))})")
-    if not path.is_file():
-        raise LongctxError(f"{path}: recipe not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise LongctxError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+    data = read_yaml(path, "recipe")
     if not isinstance(data, dict):
         raise LongctxError(f"{path}: a recipe must be a mapping of field: value")
     parents = data.pop("inherit", None) or []

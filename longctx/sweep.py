@@ -40,10 +40,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from longctx.common import LongctxError, git_commit, log, read_json, run_metadata, write_json
-from longctx.config import bind, load_recipe, parameters
+from longctx.config import bind, load_recipe, parameters, read_yaml
 
 MATRIX_KEYS = {"description", "runs_dir", "seeds", "finetune", "models", "datasets"}
 # Keys of a model entry that are about the sweep; all other keys are fields of `longctx finetune`.
@@ -172,14 +171,7 @@ def _recipe(path: Any, base: Path, where: str, strict: bool) -> dict[str, Any]:
 def load_matrix(path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
     """Read a matrix file: check its shape, load the referenced recipes and expand `${VAR}`s."""
     path = Path(path)
-    if not path.is_file():
-        raise LongctxError(f"{path}: matrix file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise LongctxError(f"{path}: invalid YAML{f' at line {mark.line + 1}' if mark else ''}: "
-                           f"{getattr(e, 'problem', e)}") from None
+    raw = read_yaml(path, "matrix file")
     if not isinstance(raw, dict):
         raise LongctxError(f"{path}: a matrix must be a mapping (description, runs_dir, seeds, finetune, "
                            f"models, datasets)")

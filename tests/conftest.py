@@ -1,6 +1,7 @@
 """Shared fixtures: tiny encoders built offline, the real MiniLM weights, and ../shared data."""
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -50,3 +51,13 @@ def shared_file():
         return path
 
     return get
+
+
+@pytest.fixture
+def warnings(caplog):
+    """Records of the 'longctx' logger (which may not propagate once the CLI has set it up)."""
+    logger = logging.getLogger("longctx")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger="longctx")
+    yield caplog
+    logger.removeHandler(caplog.handler)

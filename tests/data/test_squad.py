@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 
 import pytest
 
@@ -35,15 +34,6 @@ def tiny(edit=None):
 
 def qa(data, i):
     return data["data"][0]["paragraphs"][0]["qas"][i]
-
-
-@pytest.fixture
-def warnings(caplog):
-    logger = logging.getLogger("longctx")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING, logger="longctx")
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def test_loads_flat_records(tmp_path):

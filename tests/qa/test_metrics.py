@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 from collections import OrderedDict
@@ -19,16 +18,6 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 def ex(qid: str, *answers: str, impossible: bool = False) -> dict:
     return {"id": qid, "title": "t", "context": "c", "question": "q?", "is_impossible": impossible,
             "answers": {"text": list(answers), "answer_start": [0] * len(answers)}}
-
-
-@pytest.fixture
-def warnings(caplog):
-    """Records of the 'longctx' logger (which may not propagate once the CLI has set it up)."""
-    logger = logging.getLogger("longctx")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING, logger="longctx")
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 # --- normalisation -------------------------------------------------------------------------------

@@ -118,13 +118,39 @@ def git_commit() -> str | None:
         return None
 
 
-def run_metadata(config: dict[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
-    """What every result records: its config, seed, package versions and git commit."""
-    meta: dict[str, Any] = {"versions": package_versions(), "git_commit": git_commit(), "argv": sys.argv}
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), for records and benchmark tables."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict[str, Any]:
+    """The machine a result came from: CPU model, torch's CPU kernels, cores and threads, GPUs."""
+    import torch
+
+    info: dict[str, Any] = {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def run_metadata(config: dict[str, Any] | None = None, seed: int | None = None,
+                 precision: Any = None) -> dict[str, Any]:
+    """What every result records: its config, seed, package versions, hardware and git commit."""
+    meta: dict[str, Any] = {"versions": package_versions(), "git_commit": git_commit(), "argv": sys.argv,
+                            "hardware": hardware()}
     if seed is not None:
         meta["seed"] = seed
     if config is not None:
         meta["config"] = config
+    if precision is not None:  # a longctx.precision.Precision: what ran and why
+        meta["precision"] = precision.record()
     return meta
 
 
@@ -165,23 +191,3 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def shared_data(relative: str) -> Path:
     """Path to a file under ../shared/data (used by tests and benchmarks; never committed)."""
     return SHARED_DATA / relative
-
-
-def precision_flags(precision: str) -> tuple[str, dict[str, bool]]:
-    """Resolve "auto"|"fp32"|"fp16"|"bf16" to TrainingArguments flags for the device at hand.
-
-    auto is fp16 on a GPU and bf16 on a CPU. fp16 on a CPU is refused: transformers would silently
-    train in fp32 there, which is both slower and not what was asked for."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if precision == "auto":
-        precision = "fp16" if cuda else "bf16"
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise LongctxError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
-    if precision == "fp16" and not cuda:
-        raise LongctxError("precision fp16 needs a CUDA GPU (on CPU transformers silently trains fp32); "
-                           "use bf16 or fp32")
-    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise LongctxError("precision bf16: this GPU does not support bfloat16; use fp16 or fp32")
-    return precision, {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}

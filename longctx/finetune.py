@@ -1,8 +1,10 @@
 """Fine-tune and evaluate extractive QA (SQuAD-format data) on the Hugging Face Trainer.
 
 Any encoder with a QA head works: BERT, RoBERTa, XLM-R, Longformer and longctx-converted models.
-The fast path is the default: windows padded per batch (not to max_length), batches grouped by
-length, bf16 on CPU / fp16 on GPU, and longctx's exact SDPA attention for Longformer models.
+The fast path is the default: windows padded per batch (not to max_length), training batches grouped by
+length inside small random buckets, evaluation windows sorted by length, the precision policy's choice
+(longctx.precision: bf16 only where the hardware computes it natively), and longctx's exact SDPA attention
+for Longformer models.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from longctx.common import (LongctxError, log, precision_flags, prepare_output_dir, run_metadata,
+from longctx.common import (LongctxError, log, prepare_output_dir, run_metadata,
                             tensorboard_callback, write_json)
 from longctx.config import resolved_config
 
@@ -20,23 +22,23 @@ Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
 
 def _qa_trainer_class():
-    from torch.utils.data import SequentialSampler
     from transformers import Trainer
 
     class QATrainer(Trainer):
-        """Trainer whose evaluation order is the dataset's order.
+        """Trainer whose training batches come from longctx's bucketed length sampler when asked
+        (`bucket_batches` > 0; see longctx.qa.batching for why not transformers' group_by_length)."""
 
-        transformers 5 applies train_sampling_strategy="group_by_length" to evaluation as well, and
-        predict() then returns logits in the sampler's shuffled order: windows and logits no longer
-        line up and every decoded answer is wrong (seen here as F1 0 vs 12.5 for the same weights).
-        Under torchrun (world_size > 1) None is right: the DataLoader's sequential sampler, which accelerate
-        deals out batch by batch to the ranks and gather_for_metrics puts back in dataset order without the
-        padding duplicates (tests/test_torchrun.py checks the predictions against a single-process run)."""
+        bucket_batches = 0
 
-        def _get_eval_sampler(self, eval_dataset):
-            if self.args.train_sampling_strategy != "group_by_length":
-                return super()._get_eval_sampler(eval_dataset)
-            return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if not self.bucket_batches or dataset is None or "length" not in dataset.column_names:
+                return super()._get_train_sampler(train_dataset)
+            from longctx.qa.batching import BucketedLengthSampler
+
+            return BucketedLengthSampler(dataset["length"], self.args.train_batch_size *
+                                         self.args.gradient_accumulation_steps, self.bucket_batches,
+                                         seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
     return QATrainer
 
@@ -118,7 +120,10 @@ def _is_main_process() -> bool:
 def _training_args(out: Path, precision: str, **kwargs):
     from transformers import TrainingArguments
 
-    resolved, flags = precision_flags(precision)
+    from longctx.precision import resolve_precision
+
+    resolved = resolve_precision(precision)
+    flags = resolved.trainer_flags()
     if flags["use_cpu"] and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # torchrun on CPU: DDP over gloo. accelerate would pick MPI instead when torch is built with it, which
         # cannot join torchrun's env:// rendezvous. (Not set in a single process: there it asks for a process group.)
@@ -134,6 +139,7 @@ def predict_qa(trainer, tokenizer, examples: list[dict], *, max_length: int, doc
     """Windows -> logits -> n-best spans per example (all windows of an example compete)."""
     from datasets import Dataset
 
+    from longctx.qa.batching import length_sorted
     from longctx.qa.decode import postprocess_predictions
     from longctx.qa.features import prepare_eval_features
 
@@ -142,8 +148,11 @@ def predict_qa(trainer, tokenizer, examples: list[dict], *, max_length: int, doc
                            fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, doc_stride=doc_stride,
                                           global_attention=global_attention), desc="eval windows")
     inputs = features.remove_columns([c for c in ("example_id", "offset_mapping") if c in features.column_names])
-    output = trainer.predict(inputs)
-    start_logits, end_logits = output.predictions[:2]
+    # Longest windows first: each batch pads to similar lengths (the evaluation order cannot change a result);
+    # the logits are put back in window order for decoding.
+    order, inverse = length_sorted([len(ids) for ids in inputs["input_ids"]])
+    output = trainer.predict(inputs.select(order))
+    start_logits, end_logits = (logits[inverse] for logits in output.predictions[:2])
     return postprocess_predictions(examples, features, start_logits, end_logits, n_best=n_best,
                                    max_answer_length=max_answer_length, version_2=version_2,
                                    null_threshold=null_threshold)
@@ -191,7 +200,8 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
              learning_rate: float = 3e-5, num_train_epochs: float = 3.0, max_steps: int = -1,
              per_device_train_batch_size: int = 8, per_device_eval_batch_size: int = 16,
              gradient_accumulation_steps: int = 1, warmup_steps: float = 0.1, weight_decay: float = 0.01,
-             precision: Precision = "auto", group_by_length: bool = True, fast_attention: bool = True,
+             precision: Precision = "auto", group_by_length: bool = True, bucket_batches: int = 8,
+             fast_attention: bool = True,
              gradient_checkpointing: bool = False, n_best: int = 20, max_answer_length: int = 30,
              null_threshold: float = 0.0, tune_threshold: bool = True, lang: str | None = None,
              eval_before: bool = False,
@@ -219,8 +229,11 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         gradient_accumulation_steps: steps accumulated per optimizer update.
         warmup_steps: linear warmup steps (a float below 1 is a fraction of all steps).
         weight_decay: AdamW weight decay.
-        precision: auto (fp16 on GPU, bf16 on CPU), fp32, fp16 or bf16.
-        group_by_length: batch windows of similar length (less padding).
+        precision: auto (bf16 where the GPU or CPU computes it natively, fp16 on older GPUs, else fp32),
+            fp32, fp16 or bf16.
+        group_by_length: batch windows of similar length from small random buckets (less padding, batches stay
+            diverse; see longctx.qa.batching).
+        bucket_batches: batches per length bucket when group_by_length (larger: less padding, less diverse).
         fast_attention: use longctx's SDPA sliding-window attention for Longformer models.
         gradient_checkpointing: trade compute for memory (long models at 4096).
         n_best: candidate spans kept per example.
@@ -296,12 +309,11 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         per_device_eval_batch_size=per_device_eval_batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps, warmup_steps=warmup_steps,
         weight_decay=weight_decay, logging_steps=logging_steps, seed=seed, data_seed=seed,
-        train_sampling_strategy="group_by_length" if group_by_length else "random",
         save_strategy="epoch" if train_examples else "no")
-    config["precision_resolved"] = resolved_precision
     trainer = _qa_trainer_class()(model=qa_model, args=args, train_dataset=train_features,
                                   data_collator=QACollator(tokenizer), processing_class=tokenizer,
                                   callbacks=[tensorboard_callback(out_dir / "tensorboard")])
+    trainer.bucket_batches = bucket_batches if group_by_length else 0
     decode = dict(max_length=max_length, doc_stride=doc_stride, global_attention=global_attention, n_best=n_best,
                   max_answer_length=max_answer_length)
     metrics: dict[str, Any] = {"model": model, "train_file": train_file, "eval_file": eval_file, "seed": seed}
@@ -327,7 +339,7 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
             null_threshold=null_threshold, triviaqa_file=eval_file if data_format == "triviaqa" else None,
             lang=lang, **decode)
     if trainer.is_world_process_zero():
-        write_json(out_dir / "run.json", run_metadata(config, seed))
+        write_json(out_dir / "run.json", run_metadata(config, seed, precision=resolved_precision))
         write_json(out_dir / "metrics.json", metrics)
     return metrics
 
@@ -349,7 +361,8 @@ def evaluate(*, model: str, data: str, out: str | None = None,
         doc_stride: overlap in tokens between windows.
         global_attention: global attention on question tokens (default: on for Longformer models).
         per_device_eval_batch_size: windows per batch.
-        precision: auto (fp16 on GPU, bf16 on CPU), fp32, fp16 or bf16.
+        precision: auto (bf16 where the GPU or CPU computes it natively, fp16 on older GPUs, else fp32),
+            fp32, fp16 or bf16.
         fast_attention: use longctx's SDPA sliding-window attention for Longformer models.
         n_best: candidate spans kept per example.
         max_answer_length: longest answer in tokens.
@@ -375,7 +388,7 @@ def evaluate(*, model: str, data: str, out: str | None = None,
     examples, version = load_examples(data, data_format, max_eval_samples, tokenizer=tokenizer,
                                       max_doc_tokens=max_doc_tokens)
     version_2 = data_format == "squad" and (version.startswith("2") or any(e["is_impossible"] for e in examples))
-    _, args = _training_args(out_dir, precision, per_device_eval_batch_size=per_device_eval_batch_size,
+    resolved_precision, args = _training_args(out_dir, precision, per_device_eval_batch_size=per_device_eval_batch_size,
                              save_strategy="no")
     trainer = _qa_trainer_class()(model=qa_model, args=args, data_collator=QACollator(tokenizer),
                                   processing_class=tokenizer)
@@ -388,7 +401,7 @@ def evaluate(*, model: str, data: str, out: str | None = None,
         return metrics
     if out:
         write_json(out_dir / "metrics.json", {"model": model, "eval_file": data, "eval": metrics})
-        write_json(out_dir / "run.json", run_metadata(config))
+        write_json(out_dir / "run.json", run_metadata(config, precision=resolved_precision))
     print(json.dumps({k: v for k, v in metrics.items() if not k.startswith("eval_")}, indent=2))
     return metrics
 

@@ -43,9 +43,10 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from longctx.common import (LongctxError, log, precision_flags, prepare_output_dir, read_json, run_metadata,
+from longctx.common import (LongctxError, log, prepare_output_dir, read_json, run_metadata,
                             tensorboard_callback, write_json)
 from longctx.config import resolved_config
+from longctx.precision import resolve_precision
 from longctx.data import wikitext
 
 LN2 = math.log(2)
@@ -311,9 +312,6 @@ def recopy_global_projections(model) -> int:
     return n
 
 
-def _device_and_precision(precision: str) -> tuple[str, str]:
-    resolved, flags = precision_flags(precision)
-    return ("cpu" if flags["use_cpu"] else "cuda"), resolved
 
 
 # ------------------------------------------------------------------------------------------ trainer
@@ -478,7 +476,8 @@ def pretrain(
         save_steps: save a resumable checkpoint every this many optimizer steps.
         save_total_limit: checkpoints kept in out/checkpoints (oldest deleted); 0 keeps all.
         logging_steps: log the training loss every this many optimizer steps.
-        precision: auto (fp16 on a CUDA GPU, bf16 on CPU), fp32, fp16 (GPU only) or bf16 mixed precision.
+        precision: auto (bf16 where the GPU or CPU computes it natively, fp16 on older GPUs, else fp32),
+            fp32, fp16 (GPU only) or bf16 mixed precision.
         gradient_checkpointing: recompute activations in the backward pass (for 4096 x base models on
             small GPUs).
         recopy_global: after training, copy the trained query/key/value into the global projections
@@ -524,7 +523,8 @@ def pretrain(
                 shutil.rmtree(p)
             else:
                 p.unlink(missing_ok=True)
-    device, prec = _device_and_precision(precision)
+    resolved_precision = resolve_precision(precision)
+    device, prec = resolved_precision.device, resolved_precision.name
     transformers.set_seed(seed)
 
     # Model and tokenizer.
@@ -583,7 +583,7 @@ def pretrain(
     }
     del train_tokens, eval_tokens, train_articles, eval_articles
 
-    meta = run_metadata(config, seed)
+    meta = run_metadata(config, seed, precision=resolved_precision)
     write_json(out_dir / "config.json", config)
     write_json(out_dir / "run.json", meta)
 
@@ -675,6 +675,7 @@ def pretrain(
                   "last_logged_step": train_losses[-1]["step"] if train_losses else None,
                   "train_loss_this_run": result.training_loss, "seconds_this_run": train_seconds,
                   "resumed_from": checkpoint, "device": str(dev), "precision": prec,
+                  "precision_reason": resolved_precision.reason,
                   "fast_attention": fast, "gradient_checkpointing": gradient_checkpointing,
                   "global_projections": "recopied" if recopied else "kept", "recopied_layers": recopied},
         "log_history": history,

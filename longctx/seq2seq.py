@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from longctx.common import (LongctxError, log, precision_flags, prepare_output_dir, read_json, run_metadata,
+from longctx.common import (LongctxError, log, prepare_output_dir, read_json, run_metadata,
                             tensorboard_callback, write_json)
 from longctx.config import resolved_config
+from longctx.precision import resolve_precision
 
 UNANSWERABLE = "unanswerable"
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -44,21 +45,6 @@ def to_prediction(generated: str) -> str:
     """A generated answer as an official-format prediction: `unanswerable` -> "" (no answer)."""
     text = generated.strip()
     return "" if text.rstrip(".").strip().lower() == UNANSWERABLE else text
-
-
-def _resolve_precision(precision: str) -> tuple[str, dict[str, bool]]:
-    """T5 overflows in fp16 (its activations exceed 65504; losses go NaN), so `auto` never picks fp16:
-    bf16 where the device has it (GPU with bf16, any CPU), otherwise fp32."""
-    import torch
-
-    if precision == "auto":
-        if torch.cuda.is_available():
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        else:
-            precision = "bf16"
-    elif precision == "fp16":
-        log.warning("precision fp16: T5 activations often overflow in fp16 (NaN loss); bf16 or fp32 are safer")
-    return precision_flags(precision)
 
 
 def _load_model(model: str):
@@ -225,8 +211,9 @@ def finetune_seq2seq(*, model: str, out: str, train_file: str | None = None, eva
         for stale in ("checkpoints", "tensorboard"):  # a forced rerun must not mix with the old run's state
             shutil.rmtree(out_dir / stale, ignore_errors=True)
     set_seed(seed)
-    resolved_precision, precision_args = _resolve_precision(precision)
-    config["precision_resolved"] = resolved_precision
+    # T5 overflows in fp16 (activations exceed 65504; losses go NaN): auto never picks fp16 for it.
+    resolved_precision = resolve_precision(precision, fp16_ok=False)
+    precision_args = resolved_precision.trainer_flags()
 
     train_examples = eval_examples = None
     version_2 = False
@@ -247,7 +234,7 @@ def finetune_seq2seq(*, model: str, out: str, train_file: str | None = None, eva
         log.info("max_source_length %d exceeds the tokenizer's model_max_length %d; T5's relative positions "
                  "allow it, at quadratic attention cost", max_source_length, limit)
     # written once the inputs load (a bad path leaves the folder empty); rewritten at the end
-    write_json(out_dir / "run.json", run_metadata(config, seed))
+    write_json(out_dir / "run.json", run_metadata(config, seed, precision=resolved_precision))
     train_data = eval_data = None
     cut: dict[str, int] = {}
     if train_examples:
@@ -305,7 +292,7 @@ def finetune_seq2seq(*, model: str, out: str, train_file: str | None = None, eva
         tensorboard.tb_writer.close()
     if trainer.is_world_process_zero():
         write_json(out_dir / "log_history.json", trainer.state.log_history)
-        write_json(out_dir / "run.json", run_metadata(config, seed))
+        write_json(out_dir / "run.json", run_metadata(config, seed, precision=resolved_precision))
         write_json(out_dir / "metrics.json", metrics)
     return metrics
 

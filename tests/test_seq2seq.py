@@ -145,7 +145,7 @@ def test_evaluate_only_counts_truncated_contexts(qa_set, tmp_path):
     assert saved["eval"]["exact"] == metrics["eval"]["exact"]
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["max_source_length"] == 12 and run["config"]["task"] == "seq2seq"
-    assert run["config"]["precision_resolved"] == "fp32" and run["seed"] == 42 and "versions" in run
+    assert run["precision"]["name"] == "fp32" and run["seed"] == 42 and "versions" in run
     assert "train" not in metrics and not (out / "model").exists()
     # long enough: nothing is cut
     again = finetune_seq2seq(model=str(qa_set["model"]), out=str(out), eval_file=str(qa_set["eval"]),

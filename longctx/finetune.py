@@ -329,6 +329,7 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         metrics["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
         metrics["train"]["global_step"] = result.global_step
         metrics["train"]["windows"] = len(train_features)
+        metrics["train"]["real_tokens"] = int(sum(train_features["length"]))  # non-pad tokens per epoch
         metrics["train"]["examples"] = len(train_examples)
         metrics["train"]["world_size"] = args.world_size  # processes (torchrun ranks) that trained
         if save_model and trainer.is_world_process_zero():

@@ -12,7 +12,7 @@ is_impossible: False}` plus `question_id`, `domain`, `document`, `doc_source` ("
 `aliases` (the official ground-truth list used for scoring). The context is the document cut to a token
 budget (`max_tokens` tokens of `tokenizer`, or whitespace-separated words when no tokenizer is given);
 the answers are every occurrence in that context of any normalised alias: a span of whole words
-whose official normalisation (`longctx.qa.triviaqa_metrics.normalize_answer`) equals an alias, so
+whose official normalisation (`longctx.data.triviaqa_answers.normalize_answer`) equals an alias, so
 "U.S.A", "usa" and "USA's" (-> "USA") all match the alias "u s a" / "usa" as the official metric would.
 TriviaQA is distantly supervised: for training, pairs whose truncated document holds no alias are
 dropped (counted); for evaluation they are kept with empty answers.
@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longctx.common import LongctxError, hub_offline, hub_reachable, log, read_json
-from longctx.qa.triviaqa_metrics import _PUNCTUATION, ground_truths, normalize_answer
+from longctx.common import LongctxError, log, read_json
+from longctx.data.hub import load_hub_dataset
+from longctx.data.triviaqa_answers import PUNCTUATION, ground_truths, normalize_answer
 
 DOMAINS = ("Wikipedia", "Web")
 HUB_REPO = "mandarjoshi/trivia_qa"
@@ -151,8 +152,6 @@ def load_qa_data(source: str, *, need_answers: bool = False, for_scoring: bool =
 # ---------------------------------------------------------------------------------------------
 # The hub's trivia_qa configs, converted to the official layout (evidence text kept inline).
 
-
-
 def _load_hub(name: str, *, split: str | None, default_split: str, with_text: bool) -> list[dict]:
     m = _HUB_NAME.match(name)
     assert m is not None
@@ -161,24 +160,8 @@ def _load_hub(name: str, *, split: str | None, default_split: str, with_text: bo
         raise LongctxError(f"{name}: a .nocontext config has no evidence text to read (use {config[:-10]})")
     if not with_text and not config.endswith(".nocontext"):
         config += ".nocontext"
-    unreachable = (f"{name}: cannot load {HUB_REPO} ({config}, {split}) from the Hugging Face hub; download the "
-                   f"TriviaQA rc release and pass its qa/<file>.json instead")
-    if hub_offline():
-        unreachable += " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set and it is not in the datasets cache)"
-    else:
-        if not hub_reachable():  # one quick TCP probe instead of datasets' long retries
-            raise LongctxError(unreachable)
-    try:
-        import datasets
-
-        rows = datasets.load_dataset(HUB_REPO, config, split=split)
-    except ConnectionError:
-        raise LongctxError(unreachable) from None
-    except Exception as e:  # missing cache entries, bad split names, ... come in many types
-        if hub_offline():
-            raise LongctxError(unreachable) from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LongctxError(f"{name}: cannot load {HUB_REPO} ({config}) split '{split}': {first}") from None
+    rows = load_hub_dataset(name, HUB_REPO, config, split,
+                            hint="download the TriviaQA rc release and pass its qa/<file>.json instead")
     by_domain: dict[str, list[dict]] = {}
     for row in rows:
         answer = row.get("answer") or {}
@@ -205,10 +188,10 @@ def _load_hub(name: str, *, split: str | None, default_split: str, with_text: bo
                   else "Web" if datum["SearchResults"] else "Wikipedia")
         by_domain.setdefault(domain, []).append(datum)
     out = []
-    for domain, data in by_domain.items():
+    for domain, questions in by_domain.items():
         # The combined config lists a question once per source file; keep its first record per domain.
         unique: dict[str, dict] = {}
-        for datum in data:
+        for datum in questions:
             unique.setdefault(datum["QuestionId"], datum)
         out.append({"Data": list(unique.values()), "Domain": domain, "Split": split, "Version": 1.0, "_source": f"{name} ({split})"})
         check_qa_json(out[-1], f"{name} ({split})")
@@ -271,7 +254,7 @@ def truncate(text: str, max_tokens: int, tokenizer: Any = None) -> tuple[str, bo
 
 
 # Characters normalisation turns into spaces: white space, `_` and the official punctuation set.
-_WORD = re.compile(r"[^\s_" + re.escape("".join(sorted(_PUNCTUATION))) + r"]+")
+_WORD = re.compile(r"[^\s_" + re.escape("".join(sorted(PUNCTUATION))) + r"]+")
 
 
 def _word_spans(text: str) -> list[tuple[int, int]]:
@@ -375,7 +358,7 @@ def read_triviaqa(qa_file: str | None = None, evidence_dir: str | None = None, *
     hub = is_hub_name(source)
     if name is not None and not hub:
         raise LongctxError(f"{name}: not a trivia_qa hub name (expected e.g. trivia_qa/rc.wikipedia)")
-    datasets = load_qa_data(source, need_answers=train, split=split, default_split="train" if train else "validation")
+    qa_files = load_qa_data(source, need_answers=train, split=split, default_split="train" if train else "validation")
     root = None if hub else _evidence_root(source, evidence_dir)
     tok = _load_tokenizer(tokenizer)
     if tok is not None and not getattr(tok, "is_fast", False):
@@ -385,7 +368,7 @@ def read_triviaqa(qa_file: str | None = None, evidence_dir: str | None = None, *
     data = TriviaQAData(examples=[], source=source, budget=budget)
     seen: set[str] = set()
     empty = 0
-    for qa in datasets:
+    for qa in qa_files:
         label = qa.get("_source", source)
         data.domains.append(qa["Domain"])
         for datum in qa["Data"]:
@@ -433,7 +416,7 @@ def write_triviaqa_squad(data: TriviaQAData | list[dict], path: str | os.PathLik
     """Write the records as a SQuAD v1.1 JSON file (for `longctx finetune` and SQuAD tooling).
 
     The SQuAD layout has no place for `question_id`, `domain` or `aliases`; score with the original
-    qa file (`score_triviaqa`), whose keys `QuestionId--Filename` are these records' ids."""
+    qa file (`longctx score --format triviaqa`), whose keys `QuestionId--Filename` are these records' ids."""
     from longctx.data.squad import write_squad
 
     examples = data.examples if isinstance(data, TriviaQAData) else data

@@ -66,19 +66,19 @@ def _str_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
-def check_qa_json(data: Any, source: str, *, need_answers: bool = False, need_questions: bool = False) -> None:
+def check_qa_json(qa: Any, source: str, *, need_answers: bool = False, need_questions: bool = False) -> None:
     """Raise a one-line LongctxError naming `source` and the question id for anything malformed.
 
     Answers are required when `need_answers`; otherwise a file may lack them altogether (the official
     test files), but not for some questions only."""
-    if not isinstance(data, dict) or not isinstance(data.get("Data"), list):
+    if not isinstance(qa, dict) or not isinstance(qa.get("Data"), list):
         raise LongctxError(f"{source}: not a TriviaQA qa file (expected an object with a 'Data' list)")
-    if data.get("Domain") not in DOMAINS:
-        raise LongctxError(f"{source}: 'Domain' must be one of {', '.join(DOMAINS)}, got {data.get('Domain')!r}")
-    answered = [isinstance(d, dict) and "Answer" in d for d in data["Data"]]
+    if qa.get("Domain") not in DOMAINS:
+        raise LongctxError(f"{source}: 'Domain' must be one of {', '.join(DOMAINS)}, got {qa.get('Domain')!r}")
+    answered = [isinstance(d, dict) and "Answer" in d for d in qa["Data"]]
     answers_required = need_answers or any(answered)
     seen: set[str] = set()
-    for i, datum in enumerate(data["Data"]):
+    for i, datum in enumerate(qa["Data"]):
         where = _where(datum, i)
         if not isinstance(datum, dict):
             raise LongctxError(f"{source}: {where}: not an object")
@@ -110,26 +110,26 @@ def check_qa_json(data: Any, source: str, *, need_answers: bool = False, need_qu
                     raise LongctxError(f"{source}: {where}: every {key} entry needs a 'Filename'")
 
 
-def _verified_only(data: dict) -> dict:
+def _verified_only(qa: dict) -> dict:
     """As the official reader: a VerifiedEval file keeps its verified questions (and, for Web, documents)."""
-    if not data.get("VerifiedEval"):
-        return data
+    if not qa.get("VerifiedEval"):
+        return qa
     kept = []
-    for datum in data["Data"]:
+    for datum in qa["Data"]:
         if not datum.get("QuestionPartOfVerifiedEval"):
             continue
-        if data["Domain"] == "Web":
+        if qa["Domain"] == "Web":
             datum = {**datum, **{key: [p for p in datum.get(key, []) if p.get("DocPartOfVerifiedEval")]
                                  for key in ("EntityPages", "SearchResults")}}
         kept.append(datum)
-    return {**data, "Data": kept}
+    return {**qa, "Data": kept}
 
 
 def read_qa_json(path: str | os.PathLike, *, need_answers: bool = False, need_questions: bool = False) -> dict:
     """One official qa/*.json file, validated, with the VerifiedEval filtering of the official reader."""
-    data = read_json(path, "TriviaQA qa file")
-    check_qa_json(data, str(path), need_answers=need_answers, need_questions=need_questions)
-    return {**_verified_only(data), "_source": str(path)}
+    qa = read_json(path, "TriviaQA qa file")
+    check_qa_json(qa, str(path), need_answers=need_answers, need_questions=need_questions)
+    return {**_verified_only(qa), "_source": str(path)}
 
 
 def is_hub_name(source: str) -> bool:
@@ -365,51 +365,51 @@ def read_triviaqa(qa_file: str | None = None, evidence_dir: str | None = None, *
         raise LongctxError(f"{source}: the tokenizer must be a fast (Rust) tokenizer: character offsets are needed")
     budget = (f"{max_tokens} tokens ({getattr(tok, 'name_or_path', '') or type(tok).__name__})" if tok is not None
               else f"{max_tokens} whitespace words")
-    data = TriviaQAData(examples=[], source=source, budget=budget)
+    result = TriviaQAData(examples=[], source=source, budget=budget)
     seen: set[str] = set()
     empty = 0
     for qa in qa_files:
         label = qa.get("_source", source)
-        data.domains.append(qa["Domain"])
+        result.domains.append(qa["Domain"])
         for datum in qa["Data"]:
             qid = datum["QuestionId"]
             answer = datum.get("Answer")
             truths = ground_truths(answer) if answer else []
-            data.n_questions += 1
+            result.n_questions += 1
             for kind, key in (("wikipedia", "EntityPages"), ("web", "SearchResults")):
                 for page in datum.get(key, []):
                     ex_id = f"{qid}--{page['Filename']}"
                     if ex_id in seen:  # a document listed twice for one question
                         continue
                     seen.add(ex_id)
-                    data.n_pairs += 1
+                    result.n_pairs += 1
                     text = page["_text"] if "_text" in page else _read_evidence(
                         root / kind / page["Filename"], label, qid)
                     if not text.strip():
                         empty += 1
                         continue
                     context, cut = truncate(text, max_tokens, tok)
-                    data.n_truncated += cut
+                    result.n_truncated += cut
                     spans = find_answer_spans(context, truths)
                     if not spans:
-                        data.n_without_answer += 1
+                        result.n_without_answer += 1
                         if train:
                             continue
-                    data.examples.append({
+                    result.examples.append({
                         "id": ex_id, "title": page.get("Title", ""), "context": context,
                         "question": datum["Question"],
                         "answers": {"text": [context[s:e] for s, e in spans], "answer_start": [s for s, _ in spans]},
                         "is_impossible": False, "question_id": qid, "domain": qa["Domain"],
                         "document": page["Filename"], "doc_source": kind, "aliases": truths})
-    data.n_dropped = empty + (data.n_without_answer if train else 0)
-    log.info(f"{source}: {data.n_questions} questions, {data.n_pairs} (question, document) pairs, documents cut "
-             f"to {budget} ({data.n_truncated} truncated); {data.n_without_answer} pairs with no alias in the "
+    result.n_dropped = empty + (result.n_without_answer if train else 0)
+    log.info(f"{source}: {result.n_questions} questions, {result.n_pairs} (question, document) pairs, documents cut "
+             f"to {budget} ({result.n_truncated} truncated); {result.n_without_answer} pairs with no alias in the "
              + ("kept text: dropped for training" if train else "kept text: kept with no answer for evaluation")
              + (f"; {empty} empty documents skipped" if empty else ""))
-    if not data.examples:
+    if not result.examples:
         raise LongctxError(f"{source}: no (question, document) pairs left"
                            + (" with an answer in the kept text" if train else ""))
-    return data
+    return result
 
 
 def write_triviaqa_squad(data: TriviaQAData | list[dict], path: str | os.PathLike) -> Path:

@@ -81,6 +81,18 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise LongctxError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None when it is missing, unreadable, not JSON or not an object.
+
+    For files that may be absent or half-written by a crashed run (metrics.json, cell.json, run.json) and
+    whose absence the caller reports itself; `read_json` is for files a user named."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def prepare_output_dir(out: str | os.PathLike, force: bool = False) -> Path:
     """Create `out`; refuse to reuse a non-empty folder unless `force` (nothing a user made is overwritten unasked)."""
     out = Path(out)

@@ -96,17 +96,18 @@ def load_examples(source: str, data_format: str = "squad", max_samples: int | No
     """Flat QA examples and the SQuAD version ("1.1"/"2.0") from a file or dataset name.
 
     TriviaQA becomes one record per (question, document), the document cut to `max_doc_tokens`
-    tokens; training drops documents without an answer, evaluation keeps them."""
+    tokens; training drops documents without an answer, evaluation keeps them (its version is 1.1:
+    it has no unanswerable questions)."""
     if data_format == "triviaqa":
         from longctx.data.triviaqa import read_triviaqa
 
-        data = read_triviaqa(source, tokenizer=tokenizer, max_tokens=max_doc_tokens, train=train)
+        loaded = read_triviaqa(source, tokenizer=tokenizer, max_tokens=max_doc_tokens, train=train)
     else:
         from longctx.data.squad import load_squad
 
-        data = load_squad(source, split="train" if train else None)
-    examples = data.examples[:max_samples] if max_samples else data.examples
-    return examples, data.version
+        loaded = load_squad(source, split="train" if train else None)
+    examples = loaded.examples[:max_samples] if max_samples else loaded.examples
+    return examples, loaded.version
 
 
 def _is_main_process() -> bool:
@@ -160,18 +161,12 @@ def predict_qa(trainer, tokenizer, examples: list[dict], *, max_length: int, doc
 
 def score_predictions(examples: list[dict], predictions: dict[str, str], version_2: bool,
                       triviaqa_file: str | None = None, lang: str | None = None) -> dict[str, Any]:
-    """Official metrics: SQuAD v1.1/v2.0, or TriviaQA's (aliases, best document, per domain)."""
+    """Official metrics: SQuAD v1.1/v2.0, or TriviaQA's against its original qa file (aliases, per domain)."""
+    from longctx.qa.metrics import compute_metrics
+
     if triviaqa_file:
-        from longctx.data.triviaqa import load_qa_data
-        from longctx.qa.triviaqa_metrics import evaluate_triviaqa
-
-        gold = load_qa_data(triviaqa_file, need_answers=True, for_scoring=True)
-        return evaluate_triviaqa(gold, predictions, source=triviaqa_file)
-    from longctx.qa.metrics import squad_v1, squad_v2
-
-    if version_2:
-        return dict(squad_v2(examples, predictions, lang=lang))
-    return dict(squad_v1(examples, predictions, lang=lang))
+        return compute_metrics(predictions, format="triviaqa", triviaqa_gold=triviaqa_file)
+    return compute_metrics(predictions, examples=examples, version="2.0" if version_2 else "1.1", lang=lang)
 
 
 def _evaluate_and_write(trainer, tokenizer, examples, out: Path, *, version_2: bool, tune_threshold: bool,
@@ -277,8 +272,9 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         train_examples, _ = load_examples(train_file, data_format, max_train_samples, train=True, **data_args)
     if eval_file:
         eval_examples, version = load_examples(eval_file, data_format, max_eval_samples, **data_args)
-        version_2 = data_format == "squad" and (version.startswith("2") or any(e["is_impossible"]
-                                                                              for e in eval_examples))
+        from longctx.data.squad import is_squad_v2
+
+        version_2 = is_squad_v2(version, eval_examples)
     if not resume and _is_main_process():
         # Under torchrun only rank 0 checks and creates the folder: another rank checking it could see rank 0's
         # fresh files and refuse "not empty". Other ranks write nothing here before the process group exists,
@@ -388,7 +384,9 @@ def evaluate(*, model: str, data: str, out: str | None = None,
         global_attention = is_longformer(qa_model)
     examples, version = load_examples(data, data_format, max_eval_samples, tokenizer=tokenizer,
                                       max_doc_tokens=max_doc_tokens)
-    version_2 = data_format == "squad" and (version.startswith("2") or any(e["is_impossible"] for e in examples))
+    from longctx.data.squad import is_squad_v2
+
+    version_2 = is_squad_v2(version, examples)
     resolved_precision, args = _training_args(out_dir, precision, per_device_eval_batch_size=per_device_eval_batch_size,
                              save_strategy="no")
     trainer = _qa_trainer_class()(model=qa_model, args=args, data_collator=QACollator(tokenizer),

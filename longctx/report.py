@@ -12,7 +12,6 @@ MLM pretraining curves come from TensorBoard event files anywhere under RUNS_DIR
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -20,18 +19,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from longctx.common import LongctxError, atomic_path, log, write_json, write_text
+from longctx.common import LongctxError, atomic_path, log, read_json_object, write_json, write_text
 
 _SEED = re.compile(r"^seed-(-?\d+)$")
 EVAL_LOSS_TAGS = ("eval/loss", "eval_loss", "eval/mlm_loss")
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _skipped(rel: Path) -> bool:
@@ -48,18 +39,18 @@ def collect(runs_dir: str | Path, exclude: Path | None = None) -> tuple[list[dic
         rel = folder.relative_to(root)
         if _skipped(rel) or (exclude is not None and folder.resolve() == exclude.resolve()):
             continue
-        metrics = _read(path)
+        metrics = read_json_object(path)
         if metrics is None:
             notes.append(f"{rel}/metrics.json is not a readable JSON object: left out")
             continue
-        cell = _read(folder / "cell.json")
+        cell = read_json_object(folder / "cell.json")
         if cell is not None and cell.get("status") != "done":
             notes.append(f"{rel}: cell not finished (cell.json status {cell.get('status')!r}): left out")
             continue
         ev = metrics.get("eval")
         if not isinstance(ev, dict) or "f1" not in ev or ("exact_match" not in ev and "exact" not in ev):
             continue  # training-only or pretraining runs: no QA figures
-        run_info = _read(folder / "run.json") or {}
+        run_info = read_json_object(folder / "run.json") or {}
         seed = None
         if cell is not None:
             model, dataset, seed = cell.get("model"), cell.get("dataset"), cell.get("seed")
@@ -355,7 +346,7 @@ def report(runs_dir: str, /, *, out: str | None = None, title: str | None = None
     if out_dir.exists() and not out_dir.is_dir():
         raise LongctxError(f"{out_dir}: exists and is not a folder")
     title = title or f"Results: {root}"
-    sweep_info = _read(root / "sweep.json") or {}
+    sweep_info = read_json_object(root / "sweep.json") or {}
     runs, notes = collect(root, exclude=out_dir)
     rows = summarize(runs, sweep_info.get("models"), sweep_info.get("datasets"))
     if not rows:

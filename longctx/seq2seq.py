@@ -9,17 +9,14 @@ Contexts longer than `max_source_length` tokens are cut (the answer may be lost)
 logged and recorded in metrics.json. T5 has relative position buckets, not a position table, so a
 larger `max_source_length` than the checkpoint's 512 runs, at quadratic attention cost.
 
-`tiny_t5` and `synthetic_qa` are offline stand-ins for tests and demos: a T5 with a Unigram
-(SentencePiece-style) tokenizer trained on the fly, and small generated QA sets with unanswerable questions.
+Offline stand-ins for tests (a tiny T5, generated QA sets) are in `longctx.testing`.
 """
 from __future__ import annotations
 
-import json
-import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from longctx.common import (LongctxError, log, prepare_output_dir, read_json, run_metadata,
                             tensorboard_callback, write_json)
@@ -125,9 +122,9 @@ def _generate(trainer, tokenizer, data, *, num_beams: int, max_length: int) -> t
 
 
 def _score(examples: list[dict], predictions: dict[str, str], version_2: bool) -> dict[str, Any]:
-    from longctx.qa.metrics import squad_v1, squad_v2
+    from longctx.qa.metrics import compute_metrics
 
-    return dict(squad_v2(examples, predictions) if version_2 else squad_v1(examples, predictions))
+    return compute_metrics(predictions, examples=examples, version="2.0" if version_2 else "1.1")
 
 
 def _check_resume(out_dir: Path, config: dict[str, Any]) -> None:
@@ -201,7 +198,7 @@ def finetune_seq2seq(*, model: str, out: str, train_file: str | None = None, eva
         raise LongctxError("resume needs a train_file (there is no training to continue)")
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
 
-    from longctx.data.squad import load_squad
+    from longctx.data.squad import is_squad_v2, load_squad
 
     out_dir = Path(out)
     if resume:
@@ -226,7 +223,7 @@ def finetune_seq2seq(*, model: str, out: str, train_file: str | None = None, eva
         eval_examples = data.examples[:max_eval_samples or None]
         if not eval_examples:
             raise LongctxError(f"{eval_file}: no evaluation questions")
-        version_2 = data.version.startswith("2") or any(e["is_impossible"] for e in eval_examples)
+        version_2 = is_squad_v2(data.version, eval_examples)
 
     tokenizer, net = _load_model(model)
     limit = getattr(tokenizer, "model_max_length", None)
@@ -295,96 +292,3 @@ def finetune_seq2seq(*, model: str, out: str, train_file: str | None = None, eva
         write_json(out_dir / "run.json", run_metadata(config, seed, precision=resolved_precision))
         write_json(out_dir / "metrics.json", metrics)
     return metrics
-
-
-# ---------------------------------------------------------------- offline stand-ins (tests, demo)
-
-_PEOPLE = ("Ada", "Boris", "Clara", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kofi", "Lena",
-           "Mateo", "Nadia", "Omar", "Priya")
-_PLACES = ("Paris", "London", "Berlin", "Tokyo", "Cairo", "Lima", "Oslo", "Rome", "Madrid", "Vienna", "Dublin",
-           "Prague", "Warsaw", "Athens", "Delhi")
-# relation -> (statement, question)
-_RELATIONS = {"born": ("{p} was born in {c}.", "Where was {p} born?"),
-              "lives": ("{p} lives in {c}.", "Where does {p} live?"),
-              "works": ("{p} works in {c}.", "Where does {p} work?")}
-
-
-def synthetic_qa(n: int, *, facts: int = 2, unanswerable: float = 0.0, seed: int = 0,
-                 id_prefix: str = "syn") -> list[dict]:
-    """Short generated QA records in longctx's flat SQuAD layout.
-
-    Each context states `facts` facts about different people, each with a different relation ("Ada was
-    born in Paris. Boris lives in Rome."); the question asks for one of them ("Where was Ada born?").
-    With probability `unanswerable` it instead asks about a relation the context does not state
-    ("Where does Ada work?"): is_impossible, no answers (SQuAD 2.0). The relation word decides the
-    answer, which a tiny model learns in a few hundred steps (binding names to cities takes far longer)."""
-    if not 1 <= facts <= len(_RELATIONS) - (unanswerable > 0):
-        raise ValueError(f"facts must be 1..{len(_RELATIONS) - (unanswerable > 0)} "
-                         f"({len(_RELATIONS)} relations{', one left unstated for unanswerable questions' if unanswerable else ''})")
-    rng = random.Random(seed)
-    examples = []
-    for i in range(n):
-        people = rng.sample(_PEOPLE, facts)
-        places = rng.sample(_PLACES, facts)
-        relations = rng.sample(list(_RELATIONS), facts)
-        context = " ".join(_RELATIONS[r][0].format(p=p, c=c) for p, r, c in zip(people, relations, places))
-        impossible = rng.random() < unanswerable
-        if impossible:
-            person = rng.choice(people)
-            relation = rng.choice([r for r in _RELATIONS if r not in relations])
-            answers = {"text": [], "answer_start": []}
-        else:
-            k = rng.randrange(facts)
-            person, relation, place = people[k], relations[k], places[k]
-            statement = _RELATIONS[relation][0].format(p=person, c=place)
-            start = context.index(statement) + statement.index(place)
-            answers = {"text": [place], "answer_start": [start]}
-        examples.append({"id": f"{id_prefix}-{seed}-{i:05d}", "title": "synthetic", "context": context,
-                         "question": _RELATIONS[relation][1].format(p=person), "answers": answers,
-                         "is_impossible": impossible})
-    return examples
-
-
-def t5_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 1000, extra_ids: int = 100):
-    """A transformers T5Tokenizer whose Unigram (SentencePiece-style) model is trained on synthetic.corpus()
-    plus `texts`, the prompt words and `unanswerable`.
-
-    T5's conventions: Metaspace pieces, <pad>=0, </s>=1, <unk>=2, `extra_ids` sentinels after the vocabulary.
-    The general corpus is always included: on a few hundred distinct words alone (a generated QA set) the
-    Unigram trainer keeps ~100 pieces, mostly single characters, whatever vocab_size asks for."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import T5Tokenizer
-
-    from longctx.data.synthetic import corpus
-
-    texts = corpus() + list(texts or []) + [f"question: context: {UNANSWERABLE}"] * 50
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.train_from_iterator(texts, trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False))
-    vocab = [tuple(v) for v in json.loads(tok.to_str())["model"]["vocab"]]
-    return T5Tokenizer(vocab=vocab, extra_ids=extra_ids)
-
-
-def tiny_t5(out: str | Path, texts: Iterable[str] | None = None, d_model: int = 64, layers: int = 2, heads: int = 4,
-            d_ff: int = 256, vocab_size: int = 1000, dropout: float = 0.0, max_length: int = 512,
-            seed: int = 0) -> Path:
-    """Save a tiny randomly initialised T5 (T5ForConditionalGeneration) and its tokenizer to `out`.
-
-    The tokenizer is trained on synthetic.corpus() plus `texts`; see `t5_tokenizer`."""
-    import torch
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    tokenizer = t5_tokenizer(texts, vocab_size=vocab_size)
-    tokenizer.model_max_length = max_length
-    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // heads, d_ff=d_ff,
-                      num_layers=layers, num_decoder_layers=layers, num_heads=heads, dropout_rate=dropout,
-                      feed_forward_proj="relu", pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    model = T5ForConditionalGeneration(config)
-    out = Path(out)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out

@@ -671,14 +671,15 @@ def _describe(summary: dict[str, Any]) -> str:
 def _rescore(folder: Path, cell: Cell) -> None:
     """MLQA: re-score predictions with the language's answer normalisation (MLQA's official script)."""
     from longctx.data.squad import load_squad
-    from longctx.qa.metrics import squad_v1
+    from longctx.qa.metrics import compute_metrics, read_predictions
 
     metrics = read_json(folder / "metrics.json", "metrics")
     if "eval_squad_normalisation" in metrics:
         return
-    predictions = read_json(folder / "predictions.json", "predictions")
-    examples = [e for e in load_squad(cell.kwargs["data"]).examples if e["id"] in predictions]
-    scored = squad_v1(examples, predictions, lang=cell.lang)
+    predictions = read_predictions(str(folder / "predictions.json"))
+    gold = load_squad(cell.kwargs["data"])
+    examples = [e for e in gold.examples if e["id"] in predictions]
+    scored = compute_metrics(predictions, examples=examples, version=gold.version, lang=cell.lang)
     ev = metrics.get("eval", {})
     metrics["eval_squad_normalisation"] = {k: ev.get(k) for k in ("exact_match", "f1")}
     metrics["eval"] = {**ev, **scored, "normalisation": f"mlqa:{cell.lang}"}

@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory):
     """Factory: tiny_encoder_dir("roberta"|"xlm-roberta"|"bert", mlm_head=True) -> saved source folder (cached)."""
-    from longctx.data.synthetic import tiny_encoder
+    from longctx.testing import tiny_encoder
 
     cache: dict = {}
 

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from longctx.common import LongctxError, REPO_ROOT
-from longctx.seq2seq import (UNANSWERABLE, finetune_seq2seq, optimizer_args, source_text, synthetic_qa, target_text,
-                             tiny_t5, to_prediction)
+from longctx.seq2seq import UNANSWERABLE, finetune_seq2seq, optimizer_args, source_text, target_text, to_prediction
+from longctx.testing import synthetic_qa, tiny_t5
 
 RECIPES = sorted((REPO_ROOT / "experiments" / "t5").glob("*.yaml"))
 

@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from longctx.data.squad import write_squad
-from longctx.data.synthetic import long_qa_examples, tiny_encoder
+from longctx.data.synthetic import long_qa_examples
+from longctx.testing import tiny_encoder
 from longctx.finetune import evaluate, finetune
 
 STEPS = 6

@@ -12,9 +12,10 @@ import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from longctx.common import LongctxError, hub_offline, hub_reachable, log, read_json, write_json
+from longctx.common import LongctxError, log, read_json, write_json
+from longctx.data.hub import load_hub_dataset
 
 
 @dataclass
@@ -37,7 +38,15 @@ _HUB = {
 }
 
 
-def _hub_target(name: str) -> tuple[str, str | None, str]:
+def is_squad_v2(version: Any, examples: Iterable[dict] = ()) -> bool:
+    """The one test for SQuAD 2.0 data: a version of 2.x ("2.0", "v2.0") or any unanswerable question.
+
+    It decides the metric (`longctx.qa.metrics`), no-answer decoding and the layout written by `to_squad_json`."""
+    return str(version or "").lstrip("v").startswith("2") or any(ex.get("is_impossible") for ex in examples)
+
+
+def hub_target(name: str) -> tuple[str, str | None, str]:
+    """A short name -> (hub repository, config, SQuAD version); any other name is taken as a repository."""
     if name in _HUB:
         return _HUB[name]
     if name.startswith("xquad."):
@@ -108,7 +117,6 @@ def _parse_file(path: Path) -> tuple[list[dict], str]:
     if not isinstance(obj, dict):
         raise LongctxError(f"{path}: not a SQuAD file (expected an object with a 'data' list)")
     examples: list[dict] = []
-    v2 = str(obj.get("version", "")).lstrip("v").startswith("2")
     a = p = q = qid = None
     try:
         for a, article in enumerate(_field(obj, "data", list)):
@@ -126,7 +134,6 @@ def _parse_file(path: Path) -> tuple[list[dict], str]:
                         texts.append(_field(answer, "text", str))
                         starts.append(_field(answer, "answer_start", int))
                     impossible = bool(qa.get("is_impossible", False))
-                    v2 = v2 or impossible
                     examples.append({"id": qid, "title": title, "context": context, "question": question,
                                      "answers": {"text": texts, "answer_start": starts},
                                      "is_impossible": impossible})
@@ -137,7 +144,7 @@ def _parse_file(path: Path) -> tuple[list[dict], str]:
             where = " ".join(f"{name} {i}" for name, i in (("article", a), ("paragraph", p), ("question", q))
                              if i is not None)
         raise LongctxError(f"{path}: {where + ': ' if where else ''}{e}") from None
-    return examples, "2.0" if v2 else "1.1"
+    return examples, "2.0" if is_squad_v2(obj.get("version"), examples) else "1.1"
 
 
 def _check(examples: list[dict], source: str, max_misaligned: float) -> None:
@@ -166,27 +173,9 @@ def _check(examples: list[dict], source: str, max_misaligned: float) -> None:
         log.warning(message)
 
 
-
-
-
-
 def _load_hub(name: str, split: str) -> tuple[list[dict], str]:
-    repo, config, version = _hub_target(name)
-    unreachable = (f"cannot reach the Hugging Face hub to load '{name}'; download the JSON and pass its path")
-    # Offline mode lets datasets answer from its cache (or fail) at once; online, probe first.
-    if not hub_offline() and not hub_reachable():
-        raise LongctxError(unreachable)
-    try:
-        import datasets
-
-        rows = datasets.load_dataset(repo, config, split=split).to_list()
-    except ConnectionError:
-        raise LongctxError(f"{unreachable} (offline mode is on and no cached copy was found)"
-                           if hub_offline() else unreachable) from None
-    except Exception as e:  # bad config/split names and missing repositories come in many types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LongctxError(f"{name}: cannot load {repo}{f' ({config})' if config else ''} split '{split}' "
-                           f"from the Hugging Face hub: {first}") from None
+    repo, config, version = hub_target(name)
+    rows = load_hub_dataset(name, repo, config, split, hint="download the JSON and pass its path").to_list()
     examples = []
     for r in rows:
         answers = r.get("answers") or {"text": [], "answer_start": []}
@@ -199,7 +188,7 @@ def _load_hub(name: str, split: str) -> tuple[list[dict], str]:
 
 def to_squad_json(examples: list[dict], version: str = "1.1") -> dict:
     """The official nested layout, grouping questions by title then context (first-seen order)."""
-    v2 = str(version).lstrip("v").startswith("2")
+    v2 = is_squad_v2(version)
     articles: dict[str, dict[str, list]] = {}
     for ex in examples:
         qa: dict[str, Any] = {

@@ -12,7 +12,7 @@ is_impossible: False}` plus `question_id`, `domain`, `document`, `doc_source` ("
 `aliases` (the official ground-truth list used for scoring). The context is the document cut to a token
 budget (`max_tokens` tokens of `tokenizer`, or whitespace-separated words when no tokenizer is given);
 the answers are every occurrence in that context of any normalised alias: a span of whole words
-whose official normalisation (`longctx.qa.triviaqa_metrics.normalize_answer`) equals an alias, so
+whose official normalisation (`longctx.data.triviaqa_answers.normalize_answer`) equals an alias, so
 "U.S.A", "usa" and "USA's" (-> "USA") all match the alias "u s a" / "usa" as the official metric would.
 TriviaQA is distantly supervised: for training, pairs whose truncated document holds no alias are
 dropped (counted); for evaluation they are kept with empty answers.
@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longctx.common import LongctxError, hub_offline, hub_reachable, log, read_json
-from longctx.qa.triviaqa_metrics import _PUNCTUATION, ground_truths, normalize_answer
+from longctx.common import LongctxError, log, read_json
+from longctx.data.hub import load_hub_dataset
+from longctx.data.triviaqa_answers import PUNCTUATION, ground_truths, normalize_answer
 
 DOMAINS = ("Wikipedia", "Web")
 HUB_REPO = "mandarjoshi/trivia_qa"
@@ -65,19 +66,19 @@ def _str_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
-def check_qa_json(data: Any, source: str, *, need_answers: bool = False, need_questions: bool = False) -> None:
+def check_qa_json(qa: Any, source: str, *, need_answers: bool = False, need_questions: bool = False) -> None:
     """Raise a one-line LongctxError naming `source` and the question id for anything malformed.
 
     Answers are required when `need_answers`; otherwise a file may lack them altogether (the official
     test files), but not for some questions only."""
-    if not isinstance(data, dict) or not isinstance(data.get("Data"), list):
+    if not isinstance(qa, dict) or not isinstance(qa.get("Data"), list):
         raise LongctxError(f"{source}: not a TriviaQA qa file (expected an object with a 'Data' list)")
-    if data.get("Domain") not in DOMAINS:
-        raise LongctxError(f"{source}: 'Domain' must be one of {', '.join(DOMAINS)}, got {data.get('Domain')!r}")
-    answered = [isinstance(d, dict) and "Answer" in d for d in data["Data"]]
+    if qa.get("Domain") not in DOMAINS:
+        raise LongctxError(f"{source}: 'Domain' must be one of {', '.join(DOMAINS)}, got {qa.get('Domain')!r}")
+    answered = [isinstance(d, dict) and "Answer" in d for d in qa["Data"]]
     answers_required = need_answers or any(answered)
     seen: set[str] = set()
-    for i, datum in enumerate(data["Data"]):
+    for i, datum in enumerate(qa["Data"]):
         where = _where(datum, i)
         if not isinstance(datum, dict):
             raise LongctxError(f"{source}: {where}: not an object")
@@ -109,26 +110,26 @@ def check_qa_json(data: Any, source: str, *, need_answers: bool = False, need_qu
                     raise LongctxError(f"{source}: {where}: every {key} entry needs a 'Filename'")
 
 
-def _verified_only(data: dict) -> dict:
+def _verified_only(qa: dict) -> dict:
     """As the official reader: a VerifiedEval file keeps its verified questions (and, for Web, documents)."""
-    if not data.get("VerifiedEval"):
-        return data
+    if not qa.get("VerifiedEval"):
+        return qa
     kept = []
-    for datum in data["Data"]:
+    for datum in qa["Data"]:
         if not datum.get("QuestionPartOfVerifiedEval"):
             continue
-        if data["Domain"] == "Web":
+        if qa["Domain"] == "Web":
             datum = {**datum, **{key: [p for p in datum.get(key, []) if p.get("DocPartOfVerifiedEval")]
                                  for key in ("EntityPages", "SearchResults")}}
         kept.append(datum)
-    return {**data, "Data": kept}
+    return {**qa, "Data": kept}
 
 
 def read_qa_json(path: str | os.PathLike, *, need_answers: bool = False, need_questions: bool = False) -> dict:
     """One official qa/*.json file, validated, with the VerifiedEval filtering of the official reader."""
-    data = read_json(path, "TriviaQA qa file")
-    check_qa_json(data, str(path), need_answers=need_answers, need_questions=need_questions)
-    return {**_verified_only(data), "_source": str(path)}
+    qa = read_json(path, "TriviaQA qa file")
+    check_qa_json(qa, str(path), need_answers=need_answers, need_questions=need_questions)
+    return {**_verified_only(qa), "_source": str(path)}
 
 
 def is_hub_name(source: str) -> bool:
@@ -151,8 +152,6 @@ def load_qa_data(source: str, *, need_answers: bool = False, for_scoring: bool =
 # ---------------------------------------------------------------------------------------------
 # The hub's trivia_qa configs, converted to the official layout (evidence text kept inline).
 
-
-
 def _load_hub(name: str, *, split: str | None, default_split: str, with_text: bool) -> list[dict]:
     m = _HUB_NAME.match(name)
     assert m is not None
@@ -161,24 +160,8 @@ def _load_hub(name: str, *, split: str | None, default_split: str, with_text: bo
         raise LongctxError(f"{name}: a .nocontext config has no evidence text to read (use {config[:-10]})")
     if not with_text and not config.endswith(".nocontext"):
         config += ".nocontext"
-    unreachable = (f"{name}: cannot load {HUB_REPO} ({config}, {split}) from the Hugging Face hub; download the "
-                   f"TriviaQA rc release and pass its qa/<file>.json instead")
-    if hub_offline():
-        unreachable += " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set and it is not in the datasets cache)"
-    else:
-        if not hub_reachable():  # one quick TCP probe instead of datasets' long retries
-            raise LongctxError(unreachable)
-    try:
-        import datasets
-
-        rows = datasets.load_dataset(HUB_REPO, config, split=split)
-    except ConnectionError:
-        raise LongctxError(unreachable) from None
-    except Exception as e:  # missing cache entries, bad split names, ... come in many types
-        if hub_offline():
-            raise LongctxError(unreachable) from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LongctxError(f"{name}: cannot load {HUB_REPO} ({config}) split '{split}': {first}") from None
+    rows = load_hub_dataset(name, HUB_REPO, config, split,
+                            hint="download the TriviaQA rc release and pass its qa/<file>.json instead")
     by_domain: dict[str, list[dict]] = {}
     for row in rows:
         answer = row.get("answer") or {}
@@ -205,10 +188,10 @@ def _load_hub(name: str, *, split: str | None, default_split: str, with_text: bo
                   else "Web" if datum["SearchResults"] else "Wikipedia")
         by_domain.setdefault(domain, []).append(datum)
     out = []
-    for domain, data in by_domain.items():
+    for domain, questions in by_domain.items():
         # The combined config lists a question once per source file; keep its first record per domain.
         unique: dict[str, dict] = {}
-        for datum in data:
+        for datum in questions:
             unique.setdefault(datum["QuestionId"], datum)
         out.append({"Data": list(unique.values()), "Domain": domain, "Split": split, "Version": 1.0, "_source": f"{name} ({split})"})
         check_qa_json(out[-1], f"{name} ({split})")
@@ -271,7 +254,7 @@ def truncate(text: str, max_tokens: int, tokenizer: Any = None) -> tuple[str, bo
 
 
 # Characters normalisation turns into spaces: white space, `_` and the official punctuation set.
-_WORD = re.compile(r"[^\s_" + re.escape("".join(sorted(_PUNCTUATION))) + r"]+")
+_WORD = re.compile(r"[^\s_" + re.escape("".join(sorted(PUNCTUATION))) + r"]+")
 
 
 def _word_spans(text: str) -> list[tuple[int, int]]:
@@ -375,65 +358,65 @@ def read_triviaqa(qa_file: str | None = None, evidence_dir: str | None = None, *
     hub = is_hub_name(source)
     if name is not None and not hub:
         raise LongctxError(f"{name}: not a trivia_qa hub name (expected e.g. trivia_qa/rc.wikipedia)")
-    datasets = load_qa_data(source, need_answers=train, split=split, default_split="train" if train else "validation")
+    qa_files = load_qa_data(source, need_answers=train, split=split, default_split="train" if train else "validation")
     root = None if hub else _evidence_root(source, evidence_dir)
     tok = _load_tokenizer(tokenizer)
     if tok is not None and not getattr(tok, "is_fast", False):
         raise LongctxError(f"{source}: the tokenizer must be a fast (Rust) tokenizer: character offsets are needed")
     budget = (f"{max_tokens} tokens ({getattr(tok, 'name_or_path', '') or type(tok).__name__})" if tok is not None
               else f"{max_tokens} whitespace words")
-    data = TriviaQAData(examples=[], source=source, budget=budget)
+    result = TriviaQAData(examples=[], source=source, budget=budget)
     seen: set[str] = set()
     empty = 0
-    for qa in datasets:
+    for qa in qa_files:
         label = qa.get("_source", source)
-        data.domains.append(qa["Domain"])
+        result.domains.append(qa["Domain"])
         for datum in qa["Data"]:
             qid = datum["QuestionId"]
             answer = datum.get("Answer")
             truths = ground_truths(answer) if answer else []
-            data.n_questions += 1
+            result.n_questions += 1
             for kind, key in (("wikipedia", "EntityPages"), ("web", "SearchResults")):
                 for page in datum.get(key, []):
                     ex_id = f"{qid}--{page['Filename']}"
                     if ex_id in seen:  # a document listed twice for one question
                         continue
                     seen.add(ex_id)
-                    data.n_pairs += 1
+                    result.n_pairs += 1
                     text = page["_text"] if "_text" in page else _read_evidence(
                         root / kind / page["Filename"], label, qid)
                     if not text.strip():
                         empty += 1
                         continue
                     context, cut = truncate(text, max_tokens, tok)
-                    data.n_truncated += cut
+                    result.n_truncated += cut
                     spans = find_answer_spans(context, truths)
                     if not spans:
-                        data.n_without_answer += 1
+                        result.n_without_answer += 1
                         if train:
                             continue
-                    data.examples.append({
+                    result.examples.append({
                         "id": ex_id, "title": page.get("Title", ""), "context": context,
                         "question": datum["Question"],
                         "answers": {"text": [context[s:e] for s, e in spans], "answer_start": [s for s, _ in spans]},
                         "is_impossible": False, "question_id": qid, "domain": qa["Domain"],
                         "document": page["Filename"], "doc_source": kind, "aliases": truths})
-    data.n_dropped = empty + (data.n_without_answer if train else 0)
-    log.info(f"{source}: {data.n_questions} questions, {data.n_pairs} (question, document) pairs, documents cut "
-             f"to {budget} ({data.n_truncated} truncated); {data.n_without_answer} pairs with no alias in the "
+    result.n_dropped = empty + (result.n_without_answer if train else 0)
+    log.info(f"{source}: {result.n_questions} questions, {result.n_pairs} (question, document) pairs, documents cut "
+             f"to {budget} ({result.n_truncated} truncated); {result.n_without_answer} pairs with no alias in the "
              + ("kept text: dropped for training" if train else "kept text: kept with no answer for evaluation")
              + (f"; {empty} empty documents skipped" if empty else ""))
-    if not data.examples:
+    if not result.examples:
         raise LongctxError(f"{source}: no (question, document) pairs left"
                            + (" with an answer in the kept text" if train else ""))
-    return data
+    return result
 
 
 def write_triviaqa_squad(data: TriviaQAData | list[dict], path: str | os.PathLike) -> Path:
     """Write the records as a SQuAD v1.1 JSON file (for `longctx finetune` and SQuAD tooling).
 
     The SQuAD layout has no place for `question_id`, `domain` or `aliases`; score with the original
-    qa file (`score_triviaqa`), whose keys `QuestionId--Filename` are these records' ids."""
+    qa file (`longctx score --format triviaqa`), whose keys `QuestionId--Filename` are these records' ids."""
     from longctx.data.squad import write_squad
 
     examples = data.examples if isinstance(data, TriviaQAData) else data

@@ -27,7 +27,8 @@ from typing import Literal
 
 import numpy as np
 
-from longctx.common import LongctxError, hub_offline, hub_reachable, log
+from longctx.common import LongctxError, log
+from longctx.data.hub import load_hub_dataset
 
 Packing = Literal["concat", "article"]
 
@@ -117,17 +118,8 @@ def load_hub_text(name: str, split: str) -> tuple[str, str]:
     """The text of a hub WikiText split (one row per line) as one string, and a label naming it."""
     repo, config = hub_target(name)
     label = f"{repo}{f' ({config})' if config else ''} {split}"
-    hint = "pass --train-file/--eval-file paths to wiki.*.raw files instead"
-    if not hub_offline() and not hub_reachable():
-        raise LongctxError(f"{name}: cannot reach the Hugging Face hub to load {label}; {hint}")
-    try:
-        import datasets
-
-        rows = datasets.load_dataset(repo, config, split=split)["text"]
-    except Exception as e:  # offline cache misses, bad names and network errors come in many types
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        where = " (offline mode: it is not in the local datasets cache)" if hub_offline() else ""
-        raise LongctxError(f"{name}: cannot load {label}{where}: {first}; {hint}") from None
+    rows = load_hub_dataset(name, repo, config, split,
+                            hint="pass --train-file/--eval-file paths to wiki.*.raw files instead")["text"]
     # Rows are lines with their newline; blank lines are '' rows.
     return "".join(r if r.endswith("\n") else r + "\n" for r in rows), label
 

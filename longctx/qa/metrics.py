@@ -22,6 +22,8 @@ from typing import Literal, Mapping
 
 from longctx.common import LongctxError, log, read_json
 
+Format = Literal["squad", "triviaqa"]
+
 _SQUAD_PUNCT = str.maketrans("", "", string.punctuation)
 _SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -194,15 +196,57 @@ def _read_str_map(path: str, what: str, kind: type | tuple[type, ...], kind_name
     return obj
 
 
+def read_predictions(path: str) -> dict[str, str]:
+    """A predictions file: one JSON object {question id (or QuestionId--Filename): answer text}."""
+    return _read_str_map(path, "predictions", str, "a string")
+
+
+def compute_metrics(predictions: Mapping[str, str], *, format: Format = "squad", examples: list[dict] | None = None,
+                    version: str | None = None, lang: str | None = None,
+                    na_probs: Mapping[str, float] | None = None, triviaqa_gold: str | None = None) -> dict:
+    """The one metric chooser: the official metric for the data's format, version and answer language.
+
+    - format "triviaqa": the official TriviaQA metric (aliases, per domain) against `triviaqa_gold`, the
+      original qa file(s) (comma-separated are pooled) or hub name: the flat (question, document) records
+      cannot be scored on their own.
+    - format "squad": SQuAD 2.0 figures when `longctx.data.squad.is_squad_v2(version, examples)`, else
+      SQuAD 1.1's; `lang` switches to MLQA's normalisation for that language. `na_probs` (SQuAD 2.0 only)
+      adds best_exact/best_f1.
+    """
+    if format == "triviaqa":
+        if lang or na_probs is not None:
+            raise LongctxError("lang and na_probs apply to SQuAD-format data, not TriviaQA")
+        if not triviaqa_gold:
+            raise LongctxError("TriviaQA scoring needs the original qa file or hub name")
+        from longctx.data.triviaqa import load_qa_data
+        from longctx.qa.triviaqa_metrics import evaluate_triviaqa
+
+        gold = [qa for part in triviaqa_gold.split(",") if part.strip()
+                for qa in load_qa_data(part.strip(), need_answers=True, for_scoring=True)]
+        return evaluate_triviaqa(gold, dict(predictions), source=triviaqa_gold)
+    if format != "squad":
+        raise LongctxError(f"unknown data format {format!r} (expected squad or triviaqa)")
+    from longctx.data.squad import is_squad_v2
+
+    if examples is None:
+        raise LongctxError("SQuAD scoring needs the gold examples")
+    if is_squad_v2(version, examples):
+        return dict(squad_v2(examples, predictions, na_probs, lang=lang))
+    if na_probs is not None:
+        raise LongctxError("no-answer probabilities need SQuAD 2.0 data")
+    return squad_v1(examples, predictions, lang=lang)
+
+
 def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str | None = None,
-          format: Literal["squad", "triviaqa"] = "squad") -> dict:
-    """Score predictions as the official SQuAD scripts do and print their JSON.
+          format: Format = "squad") -> dict:
+    """Score predictions as the official SQuAD (or TriviaQA) scripts do and print their JSON.
 
     SQuAD 2.0 metrics are used when the file's version is 2.x or any question is impossible;
     otherwise SQuAD 1.1 metrics.
 
     Args:
-        data: gold data: a SQuAD-layout JSON file or a hub name (see load_squad).
+        data: gold data: a SQuAD-layout JSON file or a hub name (see load_squad); for triviaqa, official
+            qa JSON file(s) (several comma-separated are pooled) or a hub name like trivia_qa/rc.wikipedia[:split].
         predictions: JSON object {question id: predicted answer text}.
         lang: answer language for MLQA-style normalisation (en, es, de, ar, hi, vi, zh);
             unset: official SQuAD normalisation.
@@ -211,36 +255,34 @@ def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str
         format: gold data format: squad (SQuAD/XQuAD/MLQA/TyDi QA layout) or triviaqa (official qa JSON,
             scored with the official TriviaQA metric per domain).
     """
-    from longctx.data.squad import load_squad
+    from longctx.data.squad import is_squad_v2, load_squad
 
     if format == "triviaqa":
         if lang or na_probs:
             raise LongctxError("--lang and --na-probs apply to SQuAD-format data, not TriviaQA")
-        from longctx.qa.triviaqa_metrics import score_triviaqa
-
-        return score_triviaqa(data, predictions)
+        result = compute_metrics(read_predictions(predictions), format="triviaqa", triviaqa_gold=data)
+        print(json.dumps(result, indent=2))
+        return result
 
     if lang is not None:
         _articles(lang)  # reject an unknown language before any loading
     gold = load_squad(data)
-    preds = _read_str_map(predictions, "predictions", str, "a string")
+    preds = read_predictions(predictions)
     known = {ex["id"] for ex in gold.examples}
     extra = [qid for qid in preds if qid not in known]
     if extra:
         log.warning(f"{predictions}: {len(extra)} predictions are for questions not in {data} "
                     f"(first: {', '.join(extra[:5])})")
-    if gold.version != "2.0":
-        if na_probs:
-            raise LongctxError(f"{na_probs}: no-answer probabilities need SQuAD 2.0 data; {data} is 1.1")
-        result = squad_v1(gold.examples, preds, lang=lang)
-        print(json.dumps(result))
-        return result
+    v2 = is_squad_v2(gold.version, gold.examples)
     probs = None
+    if na_probs and not v2:
+        raise LongctxError(f"{na_probs}: no-answer probabilities need SQuAD 2.0 data; {data} is 1.1")
     if na_probs:
         probs = _read_str_map(na_probs, "no-answer probability", (int, float), "a number")
         unscored = next((ex["id"] for ex in gold.examples if ex["id"] in preds and ex["id"] not in probs), None)
         if unscored is not None:
             raise LongctxError(f"{na_probs}: question {unscored}: no no-answer probability")
-    result = squad_v2(gold.examples, preds, probs, lang=lang)
-    print(json.dumps(result, indent=2))
+    result = compute_metrics(preds, examples=gold.examples, version=gold.version, lang=lang, na_probs=probs)
+    # As the official scripts print: v1.1 on one line, v2.0 indented.
+    print(json.dumps(result, indent=2 if v2 else None))
     return result

@@ -2,7 +2,8 @@
 
 Mirrors the official evaluation (mandarjoshi90/triviaqa, evaluation/triviaqa_evaluation.py, v1.0):
 - answers are normalised by lower-casing, turning `_` and punctuation (plus ‘ ’ ´ `) into spaces,
-  dropping the articles a/an/the and collapsing white space;
+  dropping the articles a/an/the and collapsing white space (`longctx.data.triviaqa_answers`, shared with
+  the reader's answer spans);
 - the ground truths of a question are its `NormalizedAliases` plus its normalised `HumanAnswers`;
   a prediction scores the best EM / F1 over them;
 - the unit scored depends on the file's Domain, as in the official script: **Wikipedia** files score
@@ -22,27 +23,12 @@ numbers and also reported per domain.
 """
 from __future__ import annotations
 
-import json
-import re
-import string
 from collections import Counter
 from typing import Any, Iterable
 
-from longctx.common import LongctxError, log, read_json
-
-# string.punctuation plus the typographic quotes the official script adds.
-_PUNCTUATION = frozenset(string.punctuation + "\u2018\u2019\u00b4`")
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def _strip_punctuation(text: str) -> str:
-    return "".join(" " if ch in _PUNCTUATION else ch for ch in text)
-
-
-def normalize_answer(s: str) -> str:
-    """The official normalisation: `_` -> space, lower case, punctuation -> space, no articles, single spaces."""
-    text = _strip_punctuation(s.replace("_", " ").lower())
-    return " ".join(_ARTICLES.sub(" ", text).split())
+from longctx.common import LongctxError, log
+from longctx.data.triviaqa import check_qa_json
+from longctx.data.triviaqa_answers import ground_truths, normalize_answer
 
 
 def _f1(prediction_tokens: list[str], truth_tokens: list[str]) -> float:
@@ -54,40 +40,30 @@ def _f1(prediction_tokens: list[str], truth_tokens: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def exact_match_score(prediction: str, ground_truths: Iterable[str]) -> bool:
+def exact_match_score(prediction: str, truths: Iterable[str]) -> bool:
     """Whether the normalised prediction equals any normalised ground truth."""
     pred = normalize_answer(prediction)
-    return any(pred == normalize_answer(t) for t in ground_truths)
+    return any(pred == normalize_answer(t) for t in truths)
 
 
-def f1_score(prediction: str, ground_truths: Iterable[str]) -> float:
+def f1_score(prediction: str, truths: Iterable[str]) -> float:
     """The best token-overlap F1 (0..1) of the normalised prediction against any ground truth."""
     pred = normalize_answer(prediction).split()
-    return max((_f1(pred, normalize_answer(t).split()) for t in ground_truths), default=0.0)
-
-
-def ground_truths(answer: dict) -> list[str]:
-    """The official ground-truth list: NormalizedAliases plus normalised HumanAnswers.
-
-    Files without NormalizedAliases (hand-made ones) fall back to the normalised Aliases."""
-    aliases = answer.get("NormalizedAliases")
-    if aliases is None:
-        aliases = [normalize_answer(a) for a in answer.get("Aliases", [])]
-    return list(aliases) + [normalize_answer(a) for a in answer.get("HumanAnswers", [])]
+    return max((_f1(pred, normalize_answer(t).split()) for t in truths), default=0.0)
 
 
 def _doc_key(qid: str, filename: str) -> str:
     return f"{qid}--{filename}"
 
 
-def _score_domain(datasets: list[dict], domain: str, predictions: dict[str, str]) -> tuple[list, dict]:
+def _score_domain(qa_files: list[dict], domain: str, predictions: dict[str, str]) -> tuple[list, dict]:
     """Per-unit (em, f1, had_prediction) in the official order, plus counters for the domain block."""
     units: list[tuple[bool, float, bool]] = []
     best_document = from_question_key = 0
     if domain == "Wikipedia":
         questions: dict[str, tuple[dict, list[str]]] = {}
-        for data in datasets:
-            for datum in data["Data"]:
+        for qa in qa_files:
+            for datum in qa["Data"]:
                 pages = datum.get("EntityPages", []) + datum.get("SearchResults", [])
                 questions[datum["QuestionId"]] = (datum["Answer"], [p["Filename"] for p in pages])
         for qid, (answer, filenames) in questions.items():
@@ -105,8 +81,8 @@ def _score_domain(datasets: list[dict], domain: str, predictions: dict[str, str]
                           max(f1_score(c, truths) for c in candidates), True))
     else:
         pairs: dict[str, tuple[dict, str]] = {}
-        for data in datasets:
-            for datum in data["Data"]:
+        for qa in qa_files:
+            for datum in qa["Data"]:
                 for page in datum.get("EntityPages", []) + datum.get("SearchResults", []):
                     pairs[_doc_key(datum["QuestionId"], page["Filename"])] = (datum["Answer"], datum["QuestionId"])
         for key, (answer, qid) in pairs.items():
@@ -153,16 +129,14 @@ def evaluate_triviaqa(dataset_json: dict | list[dict], predictions: dict[str, st
         {"exact_match", "f1", "common", "denominator", "pred_len", "gold_len", "domains": {domain: block}},
         EM/F1 in percent; with one data file the first six equal the official script's output.
     """
-    from longctx.data.triviaqa import check_qa_json
-
-    datasets = dataset_json if isinstance(dataset_json, list) else [dataset_json]
-    if not datasets:
+    qa_files = dataset_json if isinstance(dataset_json, list) else [dataset_json]
+    if not qa_files:
         raise LongctxError(f"{source}: no TriviaQA data to score against")
-    for data in datasets:
-        check_qa_json(data, data.get("_source", source) if isinstance(data, dict) else source, need_answers=True)
+    for qa in qa_files:
+        check_qa_json(qa, qa.get("_source", source) if isinstance(qa, dict) else source, need_answers=True)
     by_domain: dict[str, list[dict]] = {}
-    for data in datasets:
-        by_domain.setdefault(data["Domain"], []).append(data)
+    for qa in qa_files:
+        by_domain.setdefault(qa["Domain"], []).append(qa)
     all_units: list = []
     domains: dict[str, dict] = {}
     for domain, group in by_domain.items():
@@ -179,32 +153,4 @@ def evaluate_triviaqa(dataset_json: dict | list[dict], predictions: dict[str, st
     if best:
         log.info(f"Wikipedia: {best} question(s) had predictions for several documents and were scored by "
                  f"their best document (an upper bound on choosing one answer per question)")
-    return result
-
-
-def read_predictions(path: str) -> dict[str, str]:
-    """A predictions file: one JSON object of answer strings keyed QuestionId or QuestionId--Filename."""
-    preds = read_json(path, "predictions file")
-    if not isinstance(preds, dict):
-        raise LongctxError(f"{path}: predictions must be a JSON object of id: answer text")
-    for key, value in preds.items():
-        if not isinstance(value, str):
-            raise LongctxError(f"{path}: prediction {key}: must be a string, got {type(value).__name__}")
-    return preds
-
-
-def score_triviaqa(data: str, predictions: str) -> dict[str, Any]:
-    """Score TriviaQA predictions with the official metric, overall and per domain; print the result as JSON.
-
-    Args:
-        data: official qa JSON file(s) (e.g. qa/wikipedia-dev.json; several comma-separated are pooled),
-            or a hub name such as trivia_qa/rc.wikipedia[:split] (default split: validation).
-        predictions: JSON object of answers keyed QuestionId or QuestionId--Filename.
-    """
-    from longctx.data.triviaqa import load_qa_data
-
-    datasets = [qa for part in data.split(",") if part.strip()
-                for qa in load_qa_data(part.strip(), need_answers=True, for_scoring=True)]
-    result = evaluate_triviaqa(datasets, read_predictions(predictions), source=data)
-    print(json.dumps(result, indent=2))
     return result

@@ -124,7 +124,8 @@ def test_hub_name_offline_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no cached copy to fall back on
-    with pytest.raises(LongctxError, match="cannot reach the Hugging Face hub to load 'squad'; download the JSON"):
+    with pytest.raises(LongctxError, match=r"^squad: cannot load rajpurkar/squad validation split: offline mode .*"
+                                           r"; download the JSON and pass its path$"):
         load_squad("squad")
 
 
@@ -138,15 +139,16 @@ def test_hub_unreachable_fails_before_datasets_retries(monkeypatch):
     import socket
 
     monkeypatch.setattr(socket, "create_connection", no_network)
-    with pytest.raises(LongctxError, match="cannot reach the Hugging Face hub to load 'xquad.de'"):
+    with pytest.raises(LongctxError, match=r"^xquad.de: cannot load google/xquad \(xquad.de\) validation split: "
+                                           r"the Hugging Face hub is not reachable"):
         load_squad("xquad.de")
 
 
 def test_hub_names():
-    assert squad._hub_target("squad_v2") == ("rajpurkar/squad_v2", None, "2.0")
-    assert squad._hub_target("xquad.de") == ("google/xquad", "xquad.de", "1.1")
-    assert squad._hub_target("mlqa.de.en") == ("facebook/mlqa", "mlqa.de.en", "1.1")
-    assert squad._hub_target("tydiqa") == ("google-research-datasets/tydiqa", "secondary_task", "1.1")
+    assert squad.hub_target("squad_v2") == ("rajpurkar/squad_v2", None, "2.0")
+    assert squad.hub_target("xquad.de") == ("google/xquad", "xquad.de", "1.1")
+    assert squad.hub_target("mlqa.de.en") == ("facebook/mlqa", "mlqa.de.en", "1.1")
+    assert squad.hub_target("tydiqa") == ("google-research-datasets/tydiqa", "secondary_task", "1.1")
 
 
 @pytest.mark.parametrize("relative, count, impossible, version", [
@@ -157,3 +159,25 @@ def test_hub_names():
 def test_shared_files(shared_file, relative, count, impossible, version):
     data = load_squad(str(shared_file(relative)))
     assert (len(data), sum(e["is_impossible"] for e in data.examples), data.version) == (count, impossible, version)
+
+
+@pytest.mark.parametrize("version, impossible, expected", [
+    ("1.1", False, False), (None, False, False), ("", False, False), ("v1.1", False, False),
+    ("2.0", False, True), ("v2.0", False, True), (2.0, False, True),
+    ("1.1", True, True), (None, True, True),  # an unanswerable question makes it SQuAD 2.0 whatever the version
+])
+def test_is_squad_v2(version, impossible, expected):
+    examples = [{"id": "q1", "is_impossible": False}, {"id": "q2", "is_impossible": impossible}]
+    assert squad.is_squad_v2(version, examples) is expected
+
+
+def test_version_follows_is_squad_v2_on_load_and_write(tmp_path):
+    def impossible(data):
+        data["data"][0]["paragraphs"][0]["qas"].append(
+            {"id": "q3", "question": "What is in Lyon?", "answers": [], "is_impossible": True})
+
+    # A "1.1" file holding an unanswerable question loads as 2.0 and is written back in the v2 layout.
+    loaded = load_squad(str(write(tmp_path, tiny(impossible))))
+    assert loaded.version == "2.0"
+    assert to_squad_json(loaded.examples, loaded.version)["version"] == "v2.0"
+    assert load_squad(str(write(tmp_path, tiny(), "v1.json"))).version == "1.1"

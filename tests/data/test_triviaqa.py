@@ -16,7 +16,9 @@ import pytest
 from longctx.common import LongctxError
 from longctx.config import load_recipe
 from longctx.data.triviaqa import find_answer_spans, read_triviaqa, truncate, write_triviaqa_squad
-from longctx.qa.triviaqa_metrics import evaluate_triviaqa, normalize_answer, score_triviaqa
+from longctx.data.triviaqa_answers import normalize_answer
+from longctx.qa.metrics import score
+from longctx.qa.triviaqa_metrics import evaluate_triviaqa
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "triviaqa"
 WIKI = FIXTURE / "qa" / "wikipedia-dev.json"
@@ -26,7 +28,7 @@ RECIPES = Path(__file__).resolve().parents[2] / "experiments" / "triviaqa"
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer():
-    from longctx.data.synthetic import train_tokenizer
+    from longctx.testing import train_tokenizer
 
     return train_tokenizer("roberta")
 
@@ -171,7 +173,7 @@ def test_hub_configs_become_official_layout(monkeypatch, tmp_path):
     read_triviaqa("trivia_qa/rc.wikipedia:train", train=True)
     assert calls[-1] == ("mandarjoshi/trivia_qa", "rc.wikipedia", "train")
     preds = _write(tmp_path / "p.json", {"tqa_h1": "the beatles"})
-    assert score_triviaqa("trivia_qa/rc.wikipedia", preds)["exact_match"] == 100.0
+    assert score(data="trivia_qa/rc.wikipedia", predictions=preds, format="triviaqa")["exact_match"] == 100.0
     assert calls[-1] == ("mandarjoshi/trivia_qa", "rc.wikipedia.nocontext", "validation")
 
 
@@ -238,13 +240,13 @@ def test_metric_human_answers_and_verified_subset(tmp_path):
         page["DocPartOfVerifiedEval"] = page["Filename"] == "12/12_345.txt"
     path = _write(tmp_path / "verified-web-dev.json", web)
     preds = _write(tmp_path / "p.json", {"tqa_b1--12/12_345.txt": "Paris"})
-    r = score_triviaqa(path, preds)
+    r = score(data=path, predictions=preds, format="triviaqa")
     assert (r["exact_match"], r["denominator"]) == (100.0, 1)
 
 
 def test_score_verb_prints_json_for_several_files(tmp_path, capsys):
     preds = _write(tmp_path / "p.json", {"tqa_w1": "USA", "tqa_b1": "Paris"})
-    r = score_triviaqa(f"{WIKI},{WEB}", preds)
+    r = score(data=f"{WIKI},{WEB}", predictions=preds, format="triviaqa")
     printed = json.loads(capsys.readouterr().out)
     assert printed == r
     assert (r["denominator"], r["common"], r["exact_match"]) == (5, 4, 80.0)
@@ -257,7 +259,7 @@ def test_score_verb_prints_json_for_several_files(tmp_path, capsys):
 def test_official_sample_scores_like_the_official_script(shared_file):
     data = shared_file("triviaqa/triviaqa_sample.json")
     preds = shared_file("triviaqa/sample_predictions.json")
-    r = score_triviaqa(str(data), str(preds))
+    r = score(data=str(data), predictions=str(preds), format="triviaqa")
     # python -m evaluation.triviaqa_evaluation --dataset_file samples/triviaqa_sample.json
     #   --prediction_file samples/sample_predictions.json   (mandarjoshi/triviaqa):
     official = {"exact_match": 50.0, "f1": 50.0, "common": 1, "denominator": 2, "pred_len": 1, "gold_len": 2}
@@ -324,8 +326,8 @@ def test_test_files_without_answers_read_for_evaluation_only(tmp_path):
 
 def test_bad_predictions_file(tmp_path):
     preds = _write(tmp_path / "p.json", {"tqa_w1": ["USA"]})
-    with pytest.raises(LongctxError, match=r"p.json: prediction tqa_w1: must be a string"):
-        score_triviaqa(str(WIKI), preds)
+    with pytest.raises(LongctxError, match=r"p.json: question tqa_w1: predictions value must be a string"):
+        score(data=str(WIKI), predictions=preds, format="triviaqa")
 
 
 # --------------------------------------------------------------------------------- recipes

@@ -124,7 +124,7 @@ def test_article_packing_never_crosses_articles():
 
 
 def test_prefix_counts_and_cut_text_characters():
-    from longctx.data.synthetic import train_tokenizer
+    from longctx.testing import train_tokenizer
 
     tokenizer = train_tokenizer("roberta", vocab_size=300)
     articles = wikitext.split_articles(TEXT)

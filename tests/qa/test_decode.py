@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from longctx.common import LongctxError
-from longctx.data.synthetic import corpus, train_tokenizer
+from longctx.testing import corpus, train_tokenizer
 from longctx.qa.decode import QAPredictions, find_best_threshold, postprocess_predictions, write_predictions
 from longctx.qa.features import prepare_eval_features
 

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from longctx.common import LongctxError
-from longctx.data.synthetic import corpus, train_tokenizer
+from longctx.testing import corpus, train_tokenizer
 from longctx.qa.features import (QACollator, default_max_question_tokens, prepare_eval_features,
                                  prepare_train_features)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from longctx.common import LongctxError
-from longctx.qa.metrics import normalize_answer, score, squad_v1, squad_v2
+from longctx.qa.metrics import compute_metrics, normalize_answer, score, squad_v1, squad_v2
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -238,3 +238,46 @@ def test_squad_v2_dev_gold(shared_file):
     assert (result["exact"], result["f1"], result["HasAns_total"], result["NoAns_total"]) == (100.0, 100.0, 5928, 5945)
     empty = squad_v2(examples, {e["id"]: "" for e in examples})
     assert empty["exact"] == pytest.approx(100 * 5945 / 11873) and empty["HasAns_f1"] == 0.0
+
+
+# --- the one metric chooser (finetune, seq2seq, sweep and score all go through it) ---------------
+
+def test_chooser_squad_version_decides_v1_or_v2():
+    examples = [ex("q1", "Paris"), ex("q2", "the Eiffel Tower")]
+    predictions = {"q1": "Paris", "q2": ""}
+    v1 = compute_metrics(predictions, examples=examples, version="1.1")
+    assert v1 == {"exact_match": 50.0, "f1": 50.0}
+    # The same answerable questions under version 2.0 get the v2 figures (exact/f1/total/HasAns).
+    v2 = compute_metrics(predictions, examples=examples, version="v2.0")
+    assert (v2["exact"], v2["total"], v2["HasAns_total"]) == (50.0, 2, 2) and "NoAns_total" not in v2
+    # An unanswerable question makes it v2 whatever the version field says.
+    mixed = examples + [ex("n1", impossible=True)]
+    v2 = compute_metrics({**predictions, "n1": ""}, examples=mixed, version="1.1")
+    assert (v2["exact"], v2["NoAns_exact"]) == (pytest.approx(200 / 3), 100.0)
+    with pytest.raises(LongctxError, match="need SQuAD 2.0 data"):
+        compute_metrics(predictions, examples=examples, version="1.1", na_probs={"q1": 0.1, "q2": 0.2})
+
+
+def test_chooser_lang_selects_mlqa_normalisation():
+    # German articles only go with lang="de": "die Donau" vs "Donau" is exact under MLQA-de, F1 2/3 under SQuAD.
+    examples = [ex("q1", "Donau")]
+    assert compute_metrics({"q1": "die Donau"}, examples=examples, version="1.1") == \
+        {"exact_match": 0.0, "f1": pytest.approx(100 * 2 / 3)}
+    assert compute_metrics({"q1": "die Donau"}, examples=examples, version="1.1", lang="de") == \
+        {"exact_match": 100.0, "f1": 100.0}
+    with pytest.raises(LongctxError, match="unknown answer language 'xx'"):
+        compute_metrics({"q1": "Donau"}, examples=examples, lang="xx")
+
+
+def test_chooser_triviaqa_scores_against_the_qa_file():
+    qa = FIXTURES / "triviaqa" / "qa" / "wikipedia-dev.json"
+    gold = json.loads(qa.read_text(encoding="utf-8"))
+    qids = [d["QuestionId"] for d in gold["Data"]]
+    result = compute_metrics({qids[0]: "United States"}, format="triviaqa",
+                             triviaqa_gold=str(qa))
+    assert (result["denominator"], result["common"]) == (len(qids), 1)
+    assert result["exact_match"] == pytest.approx(100 / len(qids)) and set(result["domains"]) == {"Wikipedia"}
+    with pytest.raises(LongctxError, match="not TriviaQA"):
+        compute_metrics({}, format="triviaqa", triviaqa_gold=str(qa), lang="de")
+    with pytest.raises(LongctxError, match="unknown data format 'nq'"):
+        compute_metrics({}, format="nq", examples=[])

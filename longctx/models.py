@@ -34,10 +34,10 @@ PROJECTIONS = ("query", "key", "value")
 
 
 def looks_local(name: str) -> bool:
-    """Whether `name` can only be a folder: it exists, starts like a path (`.`, `/`, `~`), or has more than
-    one `/` (a hub repository is `name` or `owner/name`)."""
-    return (Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or os.path.isabs(name)
-            or name.count("/") > 1 or (os.sep != "/" and os.sep in name))
+    """Whether `name` can only be a folder: it exists, starts or ends like a path (`.`, `/`, `~`; `/`), or
+    has more than one `/` (a hub repository is `name` or `owner/name`)."""
+    return (Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.endswith("/")
+            or os.path.isabs(name) or name.count("/") > 1 or (os.sep != "/" and os.sep in name))
 
 
 def resolve_model(model: str | os.PathLike, what: str = "model") -> str:

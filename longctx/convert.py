@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from longctx.common import LongctxError, log, prepare_output_dir
+from longctx.models import (copy_global_projections, load_config, load_mlm, model_max_tokens, position_offset,
+                            quiet_transformers)
 
-# Families differ in where position ids start. RoBERTa-style models derive them from the padding id
-# (first real position = pad_token_id + 1, i.e. 2), BERT-style models count from 0. Longformer always
-# uses the RoBERTa rule, so BERT tables must be shifted to start at row pad_token_id + 1.
+# Families whose absolute position tables convert (their position-id conventions: `models.position_offset`).
 ROBERTA_FAMILY = ("roberta", "xlm-roberta", "camembert")
 BERT_FAMILY = ("bert",)
 SUPPORTED = ROBERTA_FAMILY + BERT_FAMILY
@@ -31,60 +30,18 @@ _BERT_HEAD = {
 }
 
 
-def _quiet_transformers():
-    """Loading a headless checkpoint into an MLM class prints a long load report; we decide ourselves."""
-    import transformers
-
-    level = transformers.logging.get_verbosity()
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-    def restore():
-        transformers.logging.set_verbosity(level)
-        if bars:
-            transformers.utils.logging.enable_progress_bar()
-
-    return restore
-
-
 def _load_source(model: str):
-    """Load the source's config, tokenizer and weights (with the MLM head when it has one)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
-
-    looks_local = os.path.sep in model or model.startswith(".") or Path(model).exists()
-    if looks_local and not Path(model).is_dir():
-        raise LongctxError(f"{model}: source model not found")
-    try:
-        config = AutoConfig.from_pretrained(model)
-    except (OSError, ValueError) as e:
-        where = "folder has no usable config.json" if looks_local else "not found locally or on the Hugging Face hub"
-        raise LongctxError(f"{model}: source model {where} ({str(e).splitlines()[0][:160]})") from None
+    """The source's config, tokenizer and weights (with the MLM head when it has one)."""
+    config = load_config(model, "source model")
     if config.model_type not in SUPPORTED:
         raise LongctxError(f"{model}: unsupported architecture '{config.model_type}' "
                            f"(supported: {', '.join(SUPPORTED)})")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError) as e:
-        raise LongctxError(f"{model}: cannot load the source tokenizer ({str(e).splitlines()[0][:160]})") from None
-
-    restore = _quiet_transformers()
-    try:
-        mlm, info = AutoModelForMaskedLM.from_pretrained(model, output_loading_info=True)
-        head_missing = any(k.startswith(("cls.", "lm_head.")) for k in info["missing_keys"])
-        source = AutoModel.from_pretrained(model) if head_missing else mlm
-    finally:
-        restore()
-    return config, tokenizer, source, not head_missing
-
-
-def _position_offset(model_type: str, pad_token_id: int) -> int:
-    """Index of the first real (non-padding) position row in the source's table."""
-    return pad_token_id + 1 if model_type in ROBERTA_FAMILY else 0
+    source, tokenizer, has_head = load_mlm(model, "source model", allow_headless=True)
+    return config, tokenizer, source, has_head
 
 
 def _long_state_dict(source, src_config, long_config, has_head: bool) -> dict[str, Any]:
-    """The source's weights renamed to Longformer's, with tiled positions and copied global projections."""
+    """The source's weights renamed to Longformer's, with tiled positions (global projections: see to_long)."""
     import torch
 
     prefix = source.base_model_prefix + "."  # "roberta." or "bert."
@@ -105,7 +62,7 @@ def _long_state_dict(source, src_config, long_config, has_head: bool) -> dict[st
 
     emb = base_target + "embeddings.position_embeddings.weight"
     old = state[emb]
-    src_offset = _position_offset(src_config.model_type, src_config.pad_token_id)
+    src_offset = position_offset(src_config.model_type, src_config.pad_token_id)
     learned = old[src_offset:]
     new_offset = long_config.pad_token_id + 1
     new = old.new_zeros(long_config.max_position_embeddings, old.shape[1])
@@ -115,12 +72,6 @@ def _long_state_dict(source, src_config, long_config, has_head: bool) -> dict[st
     reps = -(-max_pos // learned.shape[0])
     new[new_offset:] = learned.repeat(reps, 1)[:max_pos]
     state[emb] = new
-
-    for layer in range(long_config.num_hidden_layers):
-        attn = f"{base_target}encoder.layer.{layer}.attention.self."
-        for proj in ("query", "key", "value"):
-            for part in ("weight", "bias"):
-                state[f"{attn}{proj}_global.{part}"] = state[f"{attn}{proj}.{part}"].clone()
     return {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
@@ -143,37 +94,6 @@ def _long_config(src_config, tokenizer, max_pos: int, attention_window: int):
     )
 
 
-def source_positions(config) -> int:
-    """How many token positions a RoBERTa/BERT-family config can embed."""
-    return config.max_position_embeddings - _position_offset(config.model_type, config.pad_token_id or 0)
-
-
-def max_tokens(config) -> int:
-    """How many tokens a (converted) model accepts in one sequence."""
-    if config.model_type == "longformer":
-        return config.max_position_embeddings - (config.pad_token_id + 1)
-    return source_positions(config)
-
-
-def add_length_guard(model):
-    """Make over-long inputs fail with a clear message instead of an IndexError deep in the embeddings."""
-    limit = max_tokens(model.config)
-
-    def check(module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None:
-            ids = kwargs.get("inputs_embeds")
-            length = None if ids is None else ids.shape[1]
-        else:
-            length = ids.shape[-1]
-        if length is not None and length > limit:
-            raise LongctxError(f"input of {length} tokens is longer than the model's {limit} positions "
-                               f"(truncate to max_length <= {limit}, or convert with a larger --max-pos)")
-
-    model.register_forward_pre_hook(check, with_kwargs=True)
-    return model
-
-
 def to_long(model: str | os.PathLike, out: str | os.PathLike, *, max_pos: int = 4096, attention_window: int = 512, force: bool = False):
     """Convert an encoder to a Longformer with `max_pos` positions and save it (with its tokenizer) to `out`.
 
@@ -189,7 +109,7 @@ def to_long(model: str | os.PathLike, out: str | os.PathLike, *, max_pos: int = 
     if max_pos % attention_window:
         raise LongctxError(f"max_pos {max_pos} is not a multiple of the attention window {attention_window}")
     src_config, tokenizer, source, has_head = _load_source(model)
-    n_src = source_positions(src_config)
+    n_src = model_max_tokens(src_config)
     if max_pos <= n_src:
         raise LongctxError(f"{model}: max_pos {max_pos} is not larger than the source's {n_src} positions")
     out_dir = prepare_output_dir(out, force=force)
@@ -201,7 +121,9 @@ def to_long(model: str | os.PathLike, out: str | os.PathLike, *, max_pos: int = 
         long_model = (LongformerForMaskedLM if has_head else LongformerModel)(config)
     state = _long_state_dict(source, src_config, config, has_head)
     missing, unexpected = long_model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not k.endswith("position_ids") and k != "lm_head.decoder.weight"]
+    copy_global_projections(long_model)  # the source has no global projections: they start as copies
+    missing = [k for k in missing if not k.endswith("position_ids") and k != "lm_head.decoder.weight"
+               and not k.split(".")[-2].endswith("_global")]
     if missing or unexpected:
         raise LongctxError(f"{model}: weights do not map onto Longformer (missing {missing[:4]}, "
                            f"unexpected {unexpected[:4]})")
@@ -213,11 +135,8 @@ def to_long(model: str | os.PathLike, out: str | os.PathLike, *, max_pos: int = 
                             persistent=False)
     long_model.eval()
 
-    restore = _quiet_transformers()
-    try:
+    with quiet_transformers():
         long_model.save_pretrained(out_dir, safe_serialization=True)
-    finally:
-        restore()
     tokenizer.model_max_length = max_pos
     tokenizer.save_pretrained(out_dir)
     n_params = sum(p.numel() for p in long_model.parameters())

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from longctx.common import (LongctxError, log, prepare_output_dir, run_metadata,
                             tensorboard_callback, write_json)
 from longctx.config import resolved_config
+from longctx.models import is_longformer, load_qa_model, load_tokenizer, model_max_tokens
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
@@ -43,48 +44,8 @@ def _qa_trainer_class():
     return QATrainer
 
 
-def _load_tokenizer(model: str):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError) as e:
-        raise LongctxError(f"{model}: cannot load its tokenizer ({str(e).splitlines()[0][:200]})") from None
-
-
-def load_qa_model(model: str, fast_attention: bool = True):
-    """Tokenizer and QA model from a folder or hub name, with the length guard and (for Longformer) fast attention."""
-    from transformers import AutoModelForQuestionAnswering
-
-    from longctx.convert import _quiet_transformers, add_length_guard
-
-    tokenizer = _load_tokenizer(model)
-    try:
-        restore = _quiet_transformers()  # a fresh QA head on an MLM checkpoint is expected, not news
-        try:
-            qa_model, info = AutoModelForQuestionAnswering.from_pretrained(model, output_loading_info=True)
-        finally:
-            restore()
-    except (OSError, ValueError) as e:
-        raise LongctxError(f"{model}: cannot load a QA model ({str(e).splitlines()[0][:200]})") from None
-    if any(k.startswith("qa_outputs") for k in info["missing_keys"]):
-        log.info("%s: new QA head (randomly initialised)", model)
-    add_length_guard(qa_model)
-    if is_longformer(qa_model) and fast_attention:
-        from longctx.attention import enable
-
-        enable(qa_model)
-    return tokenizer, qa_model
-
-
-def is_longformer(model) -> bool:
-    return model.config.model_type == "longformer"
-
-
 def _check_lengths(model, tokenizer, max_length: int, doc_stride: int) -> None:
-    from longctx.convert import max_tokens
-
-    limit = max_tokens(model.config)
+    limit = model_max_tokens(model.config)
     if max_length > limit:
         raise LongctxError(f"max_length {max_length} is longer than the model's {limit} positions")
     if doc_stride >= max_length // 2:
@@ -266,7 +227,7 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         raise LongctxError(f"{out_dir}: no checkpoints to resume from")
     # Cheap checks first: a typo in a data path should not cost a model load.
     train_examples, eval_examples, version_2 = None, None, False
-    tokenizer = _load_tokenizer(model) if data_format == "triviaqa" else None
+    tokenizer = load_tokenizer(model) if data_format == "triviaqa" else None
     data_args = dict(tokenizer=tokenizer, max_doc_tokens=max_doc_tokens)
     if train_file:
         train_examples, _ = load_examples(train_file, data_format, max_train_samples, train=True, **data_args)

@@ -1,10 +1,12 @@
 """MLM continuation pretraining of a converted Longformer (Beltagy et al. 2020, section 5) on the HF Trainer.
 
-Flow: load the converted folder (`longctx convert`), read WikiText raw text as articles and pack it into
-blocks of `max_pos` tokens (`longctx.data.wikitext`), evaluate the source model at 512 tokens and the
-converted model at `max_pos` on the same masked text (the paper's sanity check: converted ~ source, far
-from a random model), train with 15% dynamic masking, re-copy the global projections from the trained
-local ones, save an ordinary Longformer checkpoint to `out/model` and evaluate it again.
+Flow (`pretrain`, one named step each): load the converted folder (`longctx convert`) (`_setup_model`),
+read WikiText raw text as articles and pack it into blocks of `block_size` tokens (`_setup_data`:
+`longctx.data.wikitext`, masked by `longctx.data.mlm`), build the Trainer (`_setup_trainer`), evaluate
+the source model at 512 tokens and the converted model at `block_size` on the same masked text
+(`_evaluate_before`: the paper's sanity check: converted ~ source, far from a random model), train with
+15% dynamic masking (`_train`), re-copy the global projections from the trained local ones and save an
+ordinary Longformer checkpoint to `out/model` (`_save`), and evaluate it again.
 
 Metrics (all on the same evaluation text and the same masks):
 
@@ -17,12 +19,9 @@ Metrics (all on the same evaluation text and the same masks):
   that was tokenized (WikiText raw, newlines included; cut at the last evaluated token with
   `max_eval_blocks`).
 
-Evaluation masks are drawn once over the whole token stream with a fixed seed (`EVAL_MASK_SEED`, the same
-for every run and every block size), so the source at 512, the converted model at `max_pos` and the trained
-model are scored on identical masked tokens. Training masks are redrawn every epoch (RoBERTa's dynamic
-masking) from (seed, epoch, block index) rather than from the global RNG, so a resumed run masks every
-batch exactly as the uninterrupted run would (the Trainer restores the global RNG only after it has
-already collated the first batch after a resume).
+Evaluation masks are drawn once with a fixed seed, so the source at 512, the converted model at
+`block_size` and the trained model are scored on identical masked tokens; training masks depend only on
+(seed, epoch, block index), so a resumed run trains bit-identically (see `longctx.data.mlm`).
 
 Outputs in `out/`: `checkpoints/` (Trainer checkpoints, `--resume` continues from the last one),
 `tensorboard/`, `model/` (final model + tokenizer, loadable with AutoModelForMaskedLM and ready for
@@ -41,19 +40,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-import numpy as np
-
 from longctx.common import (LongctxError, log, prepare_output_dir, read_json, run_metadata,
                             tensorboard_callback, write_json)
 from longctx.config import resolved_config
-from longctx.precision import resolve_precision
 from longctx.data import wikitext
+from longctx.data.mlm import EVAL_MASK_SEED, MaskedBlocks, MaskedText, masked_eval_text, special_ids
+from longctx.models import (copy_global_projections, load_mlm, model_max_tokens, quiet_transformers,
+                            uses_fast_attention)
+from longctx.precision import Precision, resolve_precision
 
 LN2 = math.log(2)
-EVAL_MASK_SEED = 20200410  # fixed for every run: evaluations of different runs use identical masks
 
 # Fields that must not change when resuming: they define the data order, the masks or the model.
-_RESUME_FIXED = ("model", "train_file", "dataset", "max_pos", "packing", "mlm_probability", "seed",
+_RESUME_FIXED = ("model", "train_file", "dataset", "block_size", "packing", "mlm_probability", "seed",
                  "per_device_train_batch_size", "gradient_accumulation_steps")
 _OUR_OUTPUTS = ("checkpoints", "model", "tensorboard", "metrics.json", "run.json", "config.json")
 
@@ -73,113 +72,6 @@ def mlm_metrics(loss_sum: float, masked_tokens: int, text_tokens: int, character
             "bits_per_token": loss / LN2,
             "bits_per_character": loss * text_tokens / characters / LN2,
             "masked_tokens": int(masked_tokens), "tokens": int(text_tokens), "characters": int(characters)}
-
-
-# ----------------------------------------------------------------------------------------------- data
-
-
-def _special_ids(tokenizer) -> tuple[int, int, int, int]:
-    ids = (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id)
-    missing = [n for n, i in zip(("cls", "sep", "pad", "mask"), ids) if i is None]
-    if missing:
-        raise LongctxError(f"{tokenizer.name_or_path}: tokenizer has no {', '.join(missing)} token; "
-                           f"MLM pretraining needs cls, sep, pad and mask")
-    return ids  # type: ignore[return-value]
-
-
-def _masker(tokenizer, mlm_probability: float):
-    """The library's 80/10/10 masking (`torch_mask_tokens`), driven by generators we seed ourselves."""
-    from transformers import DataCollatorForLanguageModeling
-
-    return DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_probability)
-
-
-def _mask(masker, ids, special, seed: int):
-    import torch
-
-    masker.generator = torch.Generator().manual_seed(int(seed))
-    inputs, labels = masker.torch_mask_tokens(ids.clone(), special_tokens_mask=special)
-    return inputs, labels
-
-
-def _item_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-class MaskedBlocks:
-    """Training blocks, masked afresh in each epoch from (seed, epoch, index) (see the module docstring).
-
-    A map-style dataset (`__len__`/`__getitem__`); `epoch` is set by `_EpochCallback` at each epoch start."""
-
-    def __init__(self, stream: wikitext.TokenStream, spans: list[tuple[int, int]], tokenizer,
-                 mlm_probability: float, seed: int):
-        import torch
-
-        self.stream, self.spans, self.seed, self.epoch = stream, spans, seed, 0
-        self.cls, self.sep, _, _ = _special_ids(tokenizer)
-        self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-        self.masker = _masker(tokenizer, mlm_probability)
-
-    def __len__(self) -> int:
-        return len(self.spans)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        import torch
-
-        s, e = self.spans[i]
-        ids = torch.from_numpy(wikitext.with_specials(self.stream.ids[s:e], self.cls, self.sep))[None]
-        inputs, labels = _mask(self.masker, ids, torch.isin(ids, self.special), _item_seed(self.seed, self.epoch, i))
-        return {"input_ids": inputs[0], "attention_mask": torch.ones_like(inputs[0]), "labels": labels[0]}
-
-
-@dataclass
-class MaskedText:
-    """An evaluation text whose masks were drawn once over its token stream: cutting it into blocks of
-    any size gives the same masked tokens."""
-
-    stream: wikitext.TokenStream
-    input_ids: np.ndarray
-    labels: np.ndarray
-    text_tokens: int
-    characters: int
-    articles: int
-    source: str
-
-    @property
-    def masked_tokens(self) -> int:
-        return int((self.labels != -100).sum())
-
-    def blocks(self, block_size: int, cls_id: int, sep_id: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        out = []
-        for s, e in wikitext.block_spans(self.stream, block_size):
-            out.append((wikitext.with_specials(self.input_ids[s:e], cls_id, sep_id),
-                        np.concatenate([[-100], self.labels[s:e], [-100]]).astype(np.int64)))
-        return out
-
-
-def masked_eval_text(tokens: wikitext.TokenizedArticles, tokenizer, *, block_size: int, packing: str,
-                     mlm_probability: float, max_blocks: int | None = None, seed: int = EVAL_MASK_SEED) -> MaskedText:
-    """Mask an evaluation text once (fixed seed), optionally keeping only what its first `max_blocks`
-    blocks of `block_size` cover."""
-    import torch
-
-    cls_id, sep_id, _, _ = _special_ids(tokenizer)
-    stream = wikitext.make_stream(tokens, sep_id, packing)  # type: ignore[arg-type]
-    if max_blocks is not None:
-        spans = wikitext.block_spans(stream, block_size)
-        if len(spans) > max_blocks:
-            tokens = tokens.prefix(wikitext.prefix_counts(stream, spans[max_blocks - 1][1]), tokenizer)
-            stream = wikitext.make_stream(tokens, sep_id, packing)  # type: ignore[arg-type]
-    ids = torch.from_numpy(stream.ids.astype(np.int64))[None]
-    special = torch.isin(ids, torch.tensor(sorted(set(tokenizer.all_special_ids)))) | \
-        torch.from_numpy(stream.separator)[None]
-    inputs, labels = _mask(_masker(tokenizer, mlm_probability), ids, special, seed)
-    text = MaskedText(stream=stream, input_ids=inputs[0].numpy(), labels=labels[0].numpy(),
-                      text_tokens=tokens.n_tokens, characters=tokens.n_chars, articles=len(tokens.ids),
-                      source=tokens.source)
-    if text.masked_tokens == 0:
-        raise LongctxError(f"{tokens.source}: evaluation text too short: no token was masked")
-    return text
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -202,7 +94,7 @@ def evaluate_mlm(model, text: MaskedText, block_size: int, tokenizer, *, batch_s
     import torch
     import torch.nn.functional as F
 
-    cls_id, sep_id, pad_id, _ = _special_ids(tokenizer)
+    cls_id, sep_id, pad_id, _ = special_ids(tokenizer)
     device = device or next(model.parameters()).device
     blocks = [b for b in text.blocks(block_size, cls_id, sep_id) if (b[1] != -100).any()]
     was_training = model.training
@@ -235,85 +127,6 @@ def evaluate_mlm(model, text: MaskedText, block_size: int, tokenizer, *, batch_s
     return metrics
 
 
-# ------------------------------------------------------------------------------------------- models
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Load reports and progress bars of from_pretrained are noise here; errors still surface."""
-    import transformers
-
-    level = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        transformers.logging.set_verbosity(level)
-
-
-def _load_mlm(model: str, what: str):
-    """(AutoModelForMaskedLM, tokenizer) from a folder or hub name, with one-line errors."""
-    import torch
-    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
-
-    # 'owner/name' may be a hub repository; './x', '/x', '~/x' or 'a/b/c' can only be folders.
-    looks_local = Path(model).exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
-    if looks_local and not Path(model).is_dir():
-        raise LongctxError(f"{model}: {what} not found")
-    try:
-        AutoConfig.from_pretrained(model)
-        tokenizer = AutoTokenizer.from_pretrained(model)
-    except (OSError, ValueError) as e:
-        where = "folder has no usable config/tokenizer" if looks_local else "not found locally or on the hub"
-        raise LongctxError(f"{model}: {what} {where} ({str(e).strip().splitlines()[0][:160]})") from None
-    with _quiet_transformers():
-        try:
-            mlm, info = AutoModelForMaskedLM.from_pretrained(model, output_loading_info=True, dtype=torch.float32)
-        except (OSError, ValueError) as e:
-            raise LongctxError(f"{model}: cannot load the {what} as a masked LM "
-                               f"({str(e).strip().splitlines()[0][:160]})") from None
-    head = [k for k in info.get("missing_keys", []) if k.startswith(("lm_head.", "cls."))
-            and not k.endswith("decoder.weight")]  # the decoder weight is tied to the embeddings
-    if head:
-        raise LongctxError(f"{model}: the {what} has no MLM head (missing {head[0]}; converted from a bare "
-                           f"encoder?): MLM pretraining starts from the source's MLM head")
-    return mlm, tokenizer
-
-
-def _enable_fast_attention(model) -> bool:
-    if model.config.model_type != "longformer":
-        return False
-    try:
-        from longctx.attention import enable
-    except ImportError as e:  # the module is optional: transformers' attention computes the same function
-        log.info("fast attention unavailable (%s); using transformers' Longformer attention", e)
-        return False
-    enable(model)
-    return True
-
-
-def recopy_global_projections(model) -> int:
-    """Copy each layer's trained query/key/value into query_global/key_global/value_global; returns layers.
-
-    MLM pretraining never uses global attention, so the global projections get no gradient; Longformer
-    starts them as copies of the local ones, and re-copying keeps them that way after training."""
-    import torch
-
-    names = ("query", "key", "value")
-    n = 0
-    with torch.no_grad():
-        for module in model.modules():
-            if all(hasattr(module, p) and hasattr(module, p + "_global") for p in names):
-                for p in names:
-                    local, glob = getattr(module, p), getattr(module, p + "_global")
-                    glob.weight.copy_(local.weight)
-                    glob.bias.copy_(local.bias)
-                n += 1
-    return n
-
-
-
-
 # ------------------------------------------------------------------------------------------ trainer
 
 
@@ -337,7 +150,6 @@ def mlm_loss(outputs, labels, num_items_in_batch=None):
     if torch.is_tensor(count):
         return total / count.to(total.device).clamp(min=1)
     return total / max(int(count), 1)
-
 
 
 def _trainer_class():
@@ -387,6 +199,8 @@ def _check_resume_config(out: Path, config: dict[str, Any]) -> None:
     if not stored_path.is_file():
         return
     stored = read_json(stored_path, "resolved config")
+    if "max_pos" in stored and "block_size" not in stored:  # a run from before the rename
+        stored["block_size"] = stored.pop("max_pos")
     ignore = {"resume", "force"}
     changed = [k for k in config if k not in ignore and k in stored and stored[k] != config[k]]
     fixed = [k for k in changed if k in _RESUME_FIXED]
@@ -427,7 +241,7 @@ def pretrain(
     train_file: list[str] | None = None,
     eval_file: str | None = None,
     dataset: str | None = None,
-    max_pos: int | None = None,
+    block_size: int | None = None,
     packing: Literal["concat", "article"] = "concat",
     mlm_probability: float = 0.15,
     learning_rate: float = 3e-5,
@@ -450,6 +264,7 @@ def pretrain(
     resume: bool = False,
     force: bool = False,
     max_eval_blocks: int | None = None,
+    max_pos: int | None = None,
 ) -> dict[str, Any]:
     """Continue MLM pretraining of a converted Longformer on WikiText (Longformer's recipe).
 
@@ -461,7 +276,8 @@ def pretrain(
         dataset: hub dataset for the text that has no file: wikitext (= wikitext-103-raw-v1),
             wikitext-2-raw-v1 or repo:config with a 'text' column of lines (train and validation splits);
             none: files only.
-        max_pos: tokens per block (cls and sep included); default: all of the model's positions.
+        block_size: tokens per training and evaluation block (cls and sep included); default: all of the
+            model's positions.
         packing: concat: articles end to end with a separator, full blocks (RoBERTa FULL-SENTENCES);
             article: blocks never cross an article boundary (more padding).
         mlm_probability: fraction of tokens to predict (of those, 8 in 10 become the mask token, 1 in 10 a
@@ -489,198 +305,41 @@ def pretrain(
         seed: seed for initialisation order, data order and training masks.
         resume: continue from the last checkpoint in out/checkpoints.
         force: start over in a non-empty output folder (removes an earlier run's outputs there).
-        max_eval_blocks: evaluate only on the text covered by the first this many max_pos blocks.
+        max_eval_blocks: evaluate only on the text covered by the first this many blocks.
+        max_pos: deprecated name of block_size (accepted for one release, with a warning).
     """
     names = inspect.signature(pretrain).parameters
-    config = resolved_config(pretrain, {k: v for k, v in locals().items() if k in names})
-    if isinstance(train_file, str):
-        train_file = [train_file]
-        config["train_file"] = train_file
-    if dataset is not None and dataset.strip().lower() in ("", "none", "null"):
-        dataset = config["dataset"] = None  # a recipe's dataset switched off from the command line
+    config = _normalised(resolved_config(pretrain, {k: v for k, v in locals().items() if k in names}))
     logging.getLogger("longctx").setLevel(logging.INFO)
     _check_values(**config)
     started = time.perf_counter()
-
-    import transformers
-    from transformers import DataCollatorForTokenClassification, TrainingArguments
-
-    from longctx.convert import add_length_guard, max_tokens
+    from transformers import set_seed
 
     out_dir = Path(out)
-    checkpoint = None
-    if resume:
-        checkpoint = _last_checkpoint(out_dir)
-    else:
-        has_run = (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").iterdir())
-        if has_run and not force:
-            raise LongctxError(f"{out_dir}: holds checkpoints of an earlier run: pass --resume to continue it "
-                               f"or --force to start over")
-        prepare_output_dir(out_dir, force=force)
-        for name in _OUR_OUTPUTS if force else ():  # --force: an earlier run's outputs go, nothing else
-            p = out_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink(missing_ok=True)
+    checkpoint = _setup_output(out_dir, resume=resume, force=force)
     resolved_precision = resolve_precision(precision)
-    device, prec = resolved_precision.device, resolved_precision.name
-    transformers.set_seed(seed)
-
-    # Model and tokenizer.
-    mlm, tokenizer = _load_mlm(model, "model")
-    cls_id, sep_id, pad_id, _ = _special_ids(tokenizer)
-    limit = max_tokens(mlm.config)
-    if max_pos is None:
-        max_pos = limit
-    elif max_pos > limit:
-        raise LongctxError(f"{model}: max_pos {max_pos} is more than the model's {limit} positions")
-    config["max_pos"] = max_pos
-    if mlm.config.model_type != "longformer":
-        log.warning("%s is a %s, not a converted Longformer: training it as is", model, mlm.config.model_type)
-    if source_model is None:
-        source_model = (getattr(mlm.config, "longctx", None) or {}).get("converted_from")
-    if source_model is not None and str(source_model).lower() == "none":
-        source_model = None
-    config["source_model"] = source_model
-    if resume:
-        _check_resume_config(out_dir, config)
-    add_length_guard(mlm)
-    fast = _enable_fast_attention(mlm) if fast_attention else False
-
-    # Data: articles -> tokens -> blocks.
-    # Files first; the hub dataset supplies whichever of the two has no file.
-    eval_articles, eval_label = wikitext.load_articles([eval_file] if eval_file else None, dataset,
-                                                       split="validation")
-    train_articles, train_label = wikitext.load_articles(train_file, dataset, split="train")
-    t0 = time.perf_counter()
-    train_tokens = wikitext.tokenize_articles(train_articles, tokenizer, source=train_label)
-    eval_tokens = wikitext.tokenize_articles(eval_articles, tokenizer, source=eval_label)
-    train_stream = wikitext.make_stream(train_tokens, sep_id, packing)
-    train_spans = wikitext.block_spans(train_stream, max_pos)
-    train_waste = wikitext.padding_waste(train_spans, max_pos)
-    train_set = MaskedBlocks(train_stream, train_spans, tokenizer, mlm_probability, seed)
-    eval_text = masked_eval_text(eval_tokens, tokenizer, block_size=max_pos, packing=packing,
-                                 mlm_probability=mlm_probability, max_blocks=max_eval_blocks)
-    eval_spans = wikitext.block_spans(eval_text.stream, max_pos)
-    log.info("train: %s: %d articles, %d tokens, %d blocks of %d (%s packing, %.2f%% padding), tokenized in %.1f s",
-             train_label, len(train_tokens.ids), train_tokens.n_tokens, len(train_spans), max_pos, packing,
-             100 * train_waste, time.perf_counter() - t0)
-    log.info("eval: %s: %d articles, %d tokens, %d characters (%.3f tokens/character), %d masked, %d blocks",
-             eval_label, eval_text.articles, eval_text.text_tokens, eval_text.characters,
-             eval_text.text_tokens / eval_text.characters, eval_text.masked_tokens, len(eval_spans))
-    tokens_per_step = per_device_train_batch_size * gradient_accumulation_steps * max_pos
-    data_info = {
-        "train": {"source": train_label, "articles": len(train_tokens.ids), "tokens": train_tokens.n_tokens,
-                  "characters": train_tokens.n_chars, "blocks": len(train_spans), "padding_waste": train_waste,
-                  "epochs": max_steps * per_device_train_batch_size * gradient_accumulation_steps / len(train_spans)},
-        "eval": {"source": eval_label, "articles": eval_text.articles, "tokens": eval_text.text_tokens,
-                 "characters": eval_text.characters,
-                 "tokens_per_character": eval_text.text_tokens / eval_text.characters,
-                 "masked_tokens": eval_text.masked_tokens, "mask_seed": EVAL_MASK_SEED,
-                 "blocks": len(eval_spans), "padding_waste": wikitext.padding_waste(eval_spans, max_pos)},
-        "packing": packing, "block_size": max_pos, "tokens_per_step": tokens_per_step,
-    }
-    del train_tokens, eval_tokens, train_articles, eval_articles
-
+    set_seed(seed)
+    mlm, tokenizer = _setup_model(config, out_dir)
+    data = _setup_data(config, tokenizer)
     meta = run_metadata(config, seed, precision=resolved_precision)
     write_json(out_dir / "config.json", config)
     write_json(out_dir / "run.json", meta)
+    trainer = _setup_trainer(config, mlm, tokenizer, data, out_dir, resolved_precision)
 
-    args = TrainingArguments(
-        output_dir=str(out_dir / "checkpoints"),
-        max_steps=max_steps,
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps,
-        weight_decay=weight_decay,
-        lr_scheduler_type="linear",
-        per_device_train_batch_size=per_device_train_batch_size,
-        per_device_eval_batch_size=per_device_train_batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        eval_strategy="steps",
-        eval_steps=eval_steps,
-        save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=save_total_limit or None,
-        logging_strategy="steps",
-        logging_steps=logging_steps,
-        fp16=prec == "fp16",
-        bf16=prec == "bf16",
-        use_cpu=device == "cpu",
-        activation_checkpointing=gradient_checkpointing,  # transformers 5's name for gradient checkpointing
-        activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,  # training masks are set per epoch on the dataset object (see MaskedBlocks)
-        report_to="none",  # TensorBoard is added below with its folder set to out/tensorboard
-    )
-    dev = args.device
-    mlm.to(dev)
+    before = _evaluate_before(config, trainer, tokenizer, data, out_dir, resolved_precision.name)
+    metrics: dict[str, Any] = {"status": "training", "before": before,
+                               "uniform_bits_per_token": math.log2(len(tokenizer)), "data": data.info, **meta}
+    write_json(out_dir / "metrics.json", metrics)
 
-    def eval_converted(m) -> dict[str, float]:
-        return evaluate_mlm(m, eval_text, max_pos, tokenizer, batch_size=per_device_train_batch_size,
-                            device=dev, precision=prec)
+    result, train_seconds = _train(trainer, before, checkpoint)
+    recopied = _save(config, trainer, tokenizer, data, out_dir)
+    after = {"trained": {"model": str(out_dir / "model"), **trainer.eval_fn(trainer.model)}}
 
-    # Before training: the source at its own length and the converted model at max_pos, same masked text.
-    metrics_path = out_dir / "metrics.json"
-    previous = read_json(metrics_path, "metrics") if resume and metrics_path.is_file() else {}
-    before = previous.get("before")
-    if before is not None and previous.get("data", {}).get("eval") != data_info["eval"]:
-        before = None  # the evaluation text changed since: compare on the new one
-    if before is None:
-        before = {"converted": {"model": model, **eval_converted(mlm)}}
-        if source_model:
-            before["source"] = _evaluate_source(source_model, mlm.config, eval_text, tokenizer, source_max_len,
-                                                per_device_train_batch_size, dev, prec)
-    uniform = math.log2(len(tokenizer))
-    _log_before(before, uniform)
-    metrics: dict[str, Any] = {"status": "training", "before": before, "uniform_bits_per_token": uniform,
-                               "data": data_info, **meta}
-    write_json(metrics_path, metrics)
-
-    # Train.
-    MLMTrainer, EpochCallback = _trainer_class()
-    tensorboard = tensorboard_callback(out_dir / "tensorboard")
-    trainer = MLMTrainer(
-        model=mlm, args=args, train_dataset=train_set,
-        eval_dataset=[{"input_ids": i, "labels": lab} for i, lab in eval_text.blocks(max_pos, cls_id, sep_id)],
-        data_collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=-100),
-        processing_class=tokenizer, callbacks=[tensorboard, EpochCallback(train_set)], compute_loss_func=mlm_loss)
-    trainer.eval_fn = eval_converted
-    if checkpoint is None:  # the step-0 point of the eval curves
-        trainer.log({f"eval_{k}": float(before["converted"][k])
-                     for k in ("loss", "perplexity", "bits_per_token", "bits_per_character")})
-    else:  # transformers may list lm_head.decoder.* as missing: they are tied, restored from the embeddings
-        log.info("resuming from %s", checkpoint)
-    t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = time.perf_counter() - t0
-    model_out = trainer.model
-
-    # Global projections, final model, evaluation after training.
-    recopied = recopy_global_projections(model_out) if recopy_global else 0
-    model_out.config.longctx = {**(getattr(model_out.config, "longctx", None) or {}),
-                                "pretrained": {"from": model, "steps": trainer.state.global_step,
-                                               "block_size": max_pos, "data": train_label,
-                                               "global_projections": "recopied" if recopied else "kept"}}
-    _save_model(model_out, tokenizer, out_dir / "model", max_pos)
-    after = {"trained": {"model": str(out_dir / "model"), **eval_converted(model_out)}}
-    history = trainer.state.log_history
-    train_losses = [h for h in history if "loss" in h and "eval_loss" not in h]
-    metrics.update({
-        "status": "done",
-        "after": after,
-        "train": {"global_step": trainer.state.global_step, "max_steps": max_steps,
-                  "last_logged_loss": train_losses[-1]["loss"] if train_losses else None,
-                  "last_logged_step": train_losses[-1]["step"] if train_losses else None,
-                  "train_loss_this_run": result.training_loss, "seconds_this_run": train_seconds,
-                  "resumed_from": checkpoint, "device": str(dev), "precision": prec,
-                  "precision_reason": resolved_precision.reason,
-                  "fast_attention": fast, "gradient_checkpointing": gradient_checkpointing,
-                  "global_projections": "recopied" if recopied else "kept", "recopied_layers": recopied},
-        "log_history": history,
-    })
-    write_json(metrics_path, metrics)
+    metrics.update(status="done", after=after,
+                   train=_train_record(config, trainer, result, train_seconds, checkpoint, resolved_precision,
+                                       recopied),
+                   log_history=trainer.state.log_history)
+    write_json(out_dir / "metrics.json", metrics)
     b, a = before["converted"], after["trained"]
     log.info("after %d steps: eval loss %.4f -> %.4f, %.4f -> %.4f bits/token, %.4f -> %.4f bits/character "
              "(%.0f s) -> %s", trainer.state.global_step, b["loss"], a["loss"], b["bits_per_token"],
@@ -689,19 +348,240 @@ def pretrain(
     return metrics
 
 
+# ------------------------------------------------------------------------------------------ the steps
+
+
+def _normalised(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config with command-line spellings settled: one train file as a list, a dataset
+    switched off as None, and the deprecated `max_pos` folded into `block_size`."""
+    if isinstance(config["train_file"], str):
+        config["train_file"] = [config["train_file"]]
+    if config["dataset"] is not None and config["dataset"].strip().lower() in ("", "none", "null"):
+        config["dataset"] = None  # a recipe's dataset switched off from the command line
+    old = config.pop("max_pos")
+    if old is not None:
+        if config["block_size"] is not None and config["block_size"] != old:
+            raise LongctxError(f"fields 'block_size' ({config['block_size']}) and 'max_pos' ({old}) disagree: "
+                               f"max_pos is the deprecated name of block_size, give only block_size")
+        log.warning("field 'max_pos' of pretrain is deprecated: it is now 'block_size' (tokens per block)")
+        config["block_size"] = old
+    return config
+
+
+def _setup_output(out_dir: Path, *, resume: bool, force: bool) -> str | None:
+    """The checkpoint to resume from (None for a new run); a new run gets a clean output folder."""
+    if resume:
+        return _last_checkpoint(out_dir)
+    has_run = (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").iterdir())
+    if has_run and not force:
+        raise LongctxError(f"{out_dir}: holds checkpoints of an earlier run: pass --resume to continue it "
+                           f"or --force to start over")
+    prepare_output_dir(out_dir, force=force)
+    for name in _OUR_OUTPUTS if force else ():  # --force: an earlier run's outputs go, nothing else
+        p = out_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    return None
+
+
+def _setup_model(config: dict[str, Any], out_dir: Path):
+    """(masked LM, tokenizer) to train; settles `block_size` and `source_model` in `config`."""
+    import torch
+
+    model = config["model"]
+    mlm, tokenizer, _ = load_mlm(model, "model", dtype=torch.float32, fast_attention=config["fast_attention"])
+    special_ids(tokenizer)  # a tokenizer without cls/sep/pad/mask fails here, before any data work
+    limit = model_max_tokens(mlm.config)
+    if config["block_size"] is None:
+        config["block_size"] = limit
+    elif config["block_size"] > limit:
+        raise LongctxError(f"{model}: block_size {config['block_size']} is more than the model's {limit} positions")
+    if mlm.config.model_type != "longformer":
+        log.warning("%s is a %s, not a converted Longformer: training it as is", model, mlm.config.model_type)
+    source_model = config["source_model"]
+    if source_model is None:
+        source_model = (getattr(mlm.config, "longctx", None) or {}).get("converted_from")
+    if source_model is not None and str(source_model).lower() == "none":
+        source_model = None
+    config["source_model"] = source_model
+    if config["resume"]:
+        _check_resume_config(out_dir, config)
+    return mlm, tokenizer
+
+
+@dataclass
+class _Data:
+    train: MaskedBlocks
+    eval_text: MaskedText
+    train_label: str
+    info: dict[str, Any]  # statistics recorded in metrics.json["data"]
+
+
+def _setup_data(config: dict[str, Any], tokenizer) -> _Data:
+    """Articles -> tokens -> blocks of `block_size`: masked training blocks and the fixed-mask eval text.
+
+    Files first; the hub dataset supplies whichever of the two has no file."""
+    block_size, packing = config["block_size"], config["packing"]
+    eval_file, dataset = config["eval_file"], config["dataset"]
+    eval_articles, eval_label = wikitext.load_articles([eval_file] if eval_file else None, dataset,
+                                                       split="validation")
+    train_articles, train_label = wikitext.load_articles(config["train_file"], dataset, split="train")
+    t0 = time.perf_counter()
+    train_tokens = wikitext.tokenize_articles(train_articles, tokenizer, source=train_label)
+    eval_tokens = wikitext.tokenize_articles(eval_articles, tokenizer, source=eval_label)
+    _, sep_id, _, _ = special_ids(tokenizer)
+    train_stream = wikitext.make_stream(train_tokens, sep_id, packing)
+    train_spans = wikitext.block_spans(train_stream, block_size)
+    train_waste = wikitext.padding_waste(train_spans, block_size)
+    train_set = MaskedBlocks(train_stream, train_spans, tokenizer, config["mlm_probability"], config["seed"])
+    eval_text = masked_eval_text(eval_tokens, tokenizer, block_size=block_size, packing=packing,
+                                 mlm_probability=config["mlm_probability"], max_blocks=config["max_eval_blocks"])
+    eval_spans = wikitext.block_spans(eval_text.stream, block_size)
+    log.info("train: %s: %d articles, %d tokens, %d blocks of %d (%s packing, %.2f%% padding), tokenized in %.1f s",
+             train_label, len(train_tokens.ids), train_tokens.n_tokens, len(train_spans), block_size, packing,
+             100 * train_waste, time.perf_counter() - t0)
+    log.info("eval: %s: %d articles, %d tokens, %d characters (%.3f tokens/character), %d masked, %d blocks",
+             eval_label, eval_text.articles, eval_text.text_tokens, eval_text.characters,
+             eval_text.text_tokens / eval_text.characters, eval_text.masked_tokens, len(eval_spans))
+    blocks_per_step = config["per_device_train_batch_size"] * config["gradient_accumulation_steps"]
+    info = {
+        "train": {"source": train_label, "articles": len(train_tokens.ids), "tokens": train_tokens.n_tokens,
+                  "characters": train_tokens.n_chars, "blocks": len(train_spans), "padding_waste": train_waste,
+                  "epochs": config["max_steps"] * blocks_per_step / len(train_spans)},
+        "eval": {"source": eval_label, "articles": eval_text.articles, "tokens": eval_text.text_tokens,
+                 "characters": eval_text.characters,
+                 "tokens_per_character": eval_text.text_tokens / eval_text.characters,
+                 "masked_tokens": eval_text.masked_tokens, "mask_seed": EVAL_MASK_SEED,
+                 "blocks": len(eval_spans), "padding_waste": wikitext.padding_waste(eval_spans, block_size)},
+        "packing": packing, "block_size": block_size, "tokens_per_step": blocks_per_step * block_size,
+    }
+    return _Data(train=train_set, eval_text=eval_text, train_label=train_label, info=info)
+
+
+def _setup_trainer(config: dict[str, Any], mlm, tokenizer, data: _Data, out_dir: Path, precision: Precision):
+    """The MLM Trainer (checkpoints, schedule, TensorBoard); its `eval_fn` scores a model on the eval text."""
+    from transformers import DataCollatorForTokenClassification, TrainingArguments
+
+    c = config
+    args = TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"),
+        max_steps=c["max_steps"],
+        learning_rate=c["learning_rate"],
+        warmup_steps=c["warmup_steps"],
+        weight_decay=c["weight_decay"],
+        lr_scheduler_type="linear",
+        per_device_train_batch_size=c["per_device_train_batch_size"],
+        per_device_eval_batch_size=c["per_device_train_batch_size"],
+        gradient_accumulation_steps=c["gradient_accumulation_steps"],
+        eval_strategy="steps",
+        eval_steps=c["eval_steps"],
+        save_strategy="steps",
+        save_steps=c["save_steps"],
+        save_total_limit=c["save_total_limit"] or None,
+        logging_strategy="steps",
+        logging_steps=c["logging_steps"],
+        fp16=precision.name == "fp16",
+        bf16=precision.name == "bf16",
+        use_cpu=precision.device == "cpu",
+        activation_checkpointing=c["gradient_checkpointing"],  # transformers 5's name for gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if c["gradient_checkpointing"] else None,
+        seed=c["seed"],
+        data_seed=c["seed"],
+        dataloader_num_workers=0,  # training masks are set per epoch on the dataset object (see MaskedBlocks)
+        report_to="none",  # TensorBoard is added below with its folder set to out/tensorboard
+    )
+    device = args.device
+    mlm.to(device)
+    block_size = c["block_size"]
+    cls_id, sep_id, _, _ = special_ids(tokenizer)
+    MLMTrainer, EpochCallback = _trainer_class()
+    trainer = MLMTrainer(
+        model=mlm, args=args, train_dataset=data.train,
+        eval_dataset=[{"input_ids": i, "labels": lab} for i, lab in data.eval_text.blocks(block_size, cls_id, sep_id)],
+        data_collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=-100),
+        processing_class=tokenizer, callbacks=[tensorboard_callback(out_dir / "tensorboard"), EpochCallback(data.train)],
+        compute_loss_func=mlm_loss)
+    trainer.eval_fn = lambda m: evaluate_mlm(m, data.eval_text, block_size, tokenizer,
+                                             batch_size=c["per_device_train_batch_size"], device=device,
+                                             precision=precision.name)
+    return trainer
+
+
+def _evaluate_before(config: dict[str, Any], trainer, tokenizer, data: _Data, out_dir: Path,
+                     precision: str) -> dict[str, Any]:
+    """The source at its own length and the converted model at block_size, on the same masked text.
+
+    A resumed run keeps the first run's numbers unless the evaluation text changed since."""
+    metrics_path = out_dir / "metrics.json"
+    previous = read_json(metrics_path, "metrics") if config["resume"] and metrics_path.is_file() else {}
+    before = previous.get("before")
+    if before is not None and previous.get("data", {}).get("eval") != data.info["eval"]:
+        before = None  # the evaluation text changed since: compare on the new one
+    if before is None:
+        before = {"converted": {"model": config["model"], **trainer.eval_fn(trainer.model)}}
+        if config["source_model"]:
+            before["source"] = _evaluate_source(config["source_model"], trainer.model.config, data.eval_text,
+                                                tokenizer, config["source_max_len"],
+                                                config["per_device_train_batch_size"], trainer.args.device,
+                                                precision)
+    _log_before(before, math.log2(len(tokenizer)))
+    return before
+
+
+def _train(trainer, before: dict[str, Any], checkpoint: str | None):
+    """(TrainOutput, seconds): train, or continue from `checkpoint`."""
+    if checkpoint is None:  # the step-0 point of the eval curves
+        trainer.log({f"eval_{k}": float(before["converted"][k])
+                     for k in ("loss", "perplexity", "bits_per_token", "bits_per_character")})
+    else:  # transformers may list lm_head.decoder.* as missing: they are tied, restored from the embeddings
+        log.info("resuming from %s", checkpoint)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    return result, time.perf_counter() - t0
+
+
+def _save(config: dict[str, Any], trainer, tokenizer, data: _Data, out_dir: Path) -> int:
+    """Re-copy the global projections (unless switched off), record the training in the model's config
+    and save model and tokenizer to out/model; returns the layers re-copied."""
+    model = trainer.model
+    recopied = copy_global_projections(model) if config["recopy_global"] else 0
+    model.config.longctx = {**(getattr(model.config, "longctx", None) or {}),
+                            "pretrained": {"from": config["model"], "steps": trainer.state.global_step,
+                                           "block_size": config["block_size"], "data": data.train_label,
+                                           "global_projections": "recopied" if recopied else "kept"}}
+    _save_model(model, tokenizer, out_dir / "model", config["block_size"])
+    return recopied
+
+
+def _train_record(config: dict[str, Any], trainer, result, seconds: float, checkpoint: str | None,
+                  precision: Precision, recopied: int) -> dict[str, Any]:
+    """metrics.json["train"]: how far training got and how it ran."""
+    losses = [h for h in trainer.state.log_history if "loss" in h and "eval_loss" not in h]
+    return {"global_step": trainer.state.global_step, "max_steps": config["max_steps"],
+            "last_logged_loss": losses[-1]["loss"] if losses else None,
+            "last_logged_step": losses[-1]["step"] if losses else None,
+            "train_loss_this_run": result.training_loss, "seconds_this_run": seconds,
+            "resumed_from": checkpoint, "device": str(trainer.args.device), "precision": precision.name,
+            "precision_reason": precision.reason, "fast_attention": uses_fast_attention(trainer.model),
+            "gradient_checkpointing": config["gradient_checkpointing"],
+            "global_projections": "recopied" if recopied else "kept", "recopied_layers": recopied}
+
+
 def _evaluate_source(source_model: str, long_config, text: MaskedText, tokenizer, source_max_len: int,
                      batch_size: int, device, precision: str) -> dict[str, Any]:
     """The source model's metrics at min(source_max_len, its positions) on the same masked text."""
-    from longctx.convert import max_tokens
+    import torch
 
     try:
-        source, _ = _load_mlm(source_model, "source model")
+        source, _, _ = load_mlm(source_model, "source model", dtype=torch.float32)
     except LongctxError as e:
         raise LongctxError(f"{e} (pass --source-model PATH, or --source-model none to skip the comparison)") from None
     if source.config.vocab_size != long_config.vocab_size:
         raise LongctxError(f"{source_model}: vocabulary of {source.config.vocab_size} differs from the model's "
                            f"{long_config.vocab_size}: not the source of this model")
-    length = min(source_max_len, max_tokens(source.config))
+    length = min(source_max_len, model_max_tokens(source.config))
     if length < source_max_len:
         log.info("source %s has %d positions: evaluating it at %d", source_model, length, length)
     source.to(device)
@@ -726,14 +606,14 @@ def _log_before(before: dict[str, Any], uniform: float) -> None:
         log.warning("the converted model is closer to a uniform guess than to its source: check the conversion")
 
 
-def _save_model(model, tokenizer, folder: Path, max_pos: int) -> None:
+def _save_model(model, tokenizer, folder: Path, block_size: int) -> None:
     """save_pretrained into a temporary sibling, then rename: a crash never leaves a half-written model/."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.model_max_length = max_pos
+    tokenizer.model_max_length = block_size
     tokenizer.save_pretrained(tmp)
     if folder.exists():
         shutil.rmtree(folder)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from longctx.common import (LongctxError, log, prepare_output_dir, read_json, run_metadata,
                             tensorboard_callback, write_json)
 from longctx.config import resolved_config
+from longctx.models import load_seq2seq
 from longctx.precision import resolve_precision
 
 UNANSWERABLE = "unanswerable"
@@ -42,20 +43,6 @@ def to_prediction(generated: str) -> str:
     """A generated answer as an official-format prediction: `unanswerable` -> "" (no answer)."""
     text = generated.strip()
     return "" if text.rstrip(".").strip().lower() == UNANSWERABLE else text
-
-
-def _load_model(model: str):
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        net = AutoModelForSeq2SeqLM.from_pretrained(model)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise LongctxError(f"{model}: cannot load an encoder-decoder (seq2seq) model ({first})") from None
-    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
-        raise LongctxError(f"{model}: the tokenizer needs pad and eos tokens for seq2seq training")
-    return tokenizer, net
 
 
 def _encode(examples: list[dict], tokenizer, max_source_length: int, max_target_length: int, what: str):
@@ -225,7 +212,7 @@ def finetune_seq2seq(*, model: str, out: str, train_file: str | None = None, eva
             raise LongctxError(f"{eval_file}: no evaluation questions")
         version_2 = is_squad_v2(data.version, eval_examples)
 
-    tokenizer, net = _load_model(model)
+    tokenizer, net = load_seq2seq(model)
     limit = getattr(tokenizer, "model_max_length", None)
     if limit and limit < 10**6 and max_source_length > limit:
         log.info("max_source_length %d exceeds the tokenizer's model_max_length %d; T5's relative positions "

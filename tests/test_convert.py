@@ -11,7 +11,8 @@ from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForQuestionAn
 
 from longctx.cli import main
 from longctx.common import LongctxError
-from longctx.convert import add_length_guard, to_long
+from longctx.convert import to_long
+from longctx.models import add_length_guard
 
 TEXTS = ["Who was born in Paris in 1990?",
          "Ada was born in Paris in 1990 and moved to Rome, where she played music for the national team."]

@@ -5,15 +5,14 @@ import json
 import math
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
 from longctx.cli import main
 from longctx.common import REPO_ROOT, LongctxError
 from longctx.convert import to_long
-from longctx.pretrain import (MaskedBlocks, evaluate_mlm, masked_eval_text, mlm_loss, mlm_metrics, pretrain,
-                              recopy_global_projections)
+from longctx.data.mlm import masked_eval_text
+from longctx.pretrain import evaluate_mlm, mlm_loss, mlm_metrics, pretrain
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 TRAIN, VALID = str(FIXTURES / "wikitext_train.raw"), str(FIXTURES / "wikitext_valid.raw")
@@ -81,69 +80,6 @@ def test_gradient_accumulation_loss_is_the_token_mean():
     assert float(mlm_loss({"logits": logits}, labels)) == pytest.approx(float(full), rel=1e-6)
 
 
-@pytest.mark.parametrize("packing", ["concat", "article"])
-def test_eval_masks_are_the_same_for_every_block_size(long_dir, packing):
-    from transformers import AutoTokenizer
-
-    from longctx.data import wikitext
-
-    tokenizer = AutoTokenizer.from_pretrained(long_dir)
-    tokens = wikitext.tokenize_articles(wikitext.load_articles([VALID])[0], tokenizer)
-    text = masked_eval_text(tokens, tokenizer, block_size=256, packing=packing, mlm_probability=0.15)
-    assert 0.1 < text.masked_tokens / text.text_tokens < 0.2
-    again = masked_eval_text(tokens, tokenizer, block_size=256, packing=packing, mlm_probability=0.15)
-    assert np.array_equal(text.input_ids, again.input_ids) and np.array_equal(text.labels, again.labels)
-
-    def labels(block_size):
-        return np.concatenate([lab[1:-1] for _, lab in text.blocks(block_size, tokenizer.cls_token_id,
-                                                                   tokenizer.sep_token_id)])
-
-    assert np.array_equal(labels(256), labels(64)) and np.array_equal(labels(64), text.labels)
-    # Separators between articles are never masked.
-    assert (text.labels[text.stream.separator] == -100).all()
-    # A cut evaluation text: what the first block covers, characters cut with it.
-    cut = masked_eval_text(tokens, tokenizer, block_size=256, packing=packing, mlm_probability=0.15, max_blocks=1)
-    assert cut.text_tokens == min(254, len(tokens.ids[0])) and cut.characters < text.characters
-    assert len(cut.blocks(256, tokenizer.cls_token_id, tokenizer.sep_token_id)) == 1
-
-
-def test_training_masks_are_a_function_of_seed_epoch_and_index(long_dir):
-    from transformers import AutoTokenizer
-
-    from longctx.data import wikitext
-
-    tokenizer = AutoTokenizer.from_pretrained(long_dir)
-    tokens = wikitext.tokenize_articles(wikitext.load_articles([TRAIN])[0], tokenizer)
-    stream = wikitext.make_stream(tokens, tokenizer.sep_token_id)
-    spans = wikitext.block_spans(stream, 256)
-    a, b = (MaskedBlocks(stream, spans, tokenizer, 0.15, seed=1) for _ in range(2))
-    torch.manual_seed(123)  # the global RNG plays no part
-    first = a[3]
-    torch.manual_seed(456)
-    assert torch.equal(first["input_ids"], b[3]["input_ids"]) and torch.equal(first["labels"], b[3]["labels"])
-    b.epoch = 1
-    assert not torch.equal(first["labels"], b[3]["labels"])  # dynamic masking: new masks each epoch
-    real = first["labels"] != -100
-    assert torch.equal(first["labels"][real],
-                       torch.from_numpy(wikitext.with_specials(stream.ids[slice(*spans[3])], 0, 2))[real])
-    assert first["labels"][0] == -100 and first["labels"][-1] == -100  # cls and sep never masked
-
-
-def test_recopy_global_projections(long_dir):
-    from transformers import AutoModelForMaskedLM
-
-    model = AutoModelForMaskedLM.from_pretrained(long_dir)
-    with torch.no_grad():
-        for layer in _layers(model):
-            layer.query.weight.add_(1.0)
-            layer.value.bias.add_(1.0)
-    assert recopy_global_projections(model) == 2
-    for layer in _layers(model):
-        for p in PROJECTIONS:
-            assert torch.equal(getattr(layer, p).weight, getattr(layer, p + "_global").weight)
-            assert torch.equal(getattr(layer, p).bias, getattr(layer, p + "_global").bias)
-
-
 @pytest.mark.shared
 def test_learns_on_shared_wikitext(shared_file, long_dir, tmp_path):
     """A few dozen steps on real WikiText lower the evaluation loss; BPC is the same loss rescaled."""
@@ -180,7 +116,8 @@ def test_cli_run_saves_an_ordinary_longformer(long_dir, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "done" and metrics["train"]["global_step"] == 10
     assert metrics["train"]["precision"] == ("fp16" if torch.cuda.is_available() else "bf16")
-    assert metrics["config"]["max_pos"] == 256 and metrics["config"]["learning_rate"] == 1e-3
+    assert metrics["config"]["block_size"] == 256 and metrics["config"]["learning_rate"] == 1e-3
+    assert "max_pos" not in metrics["config"]
     assert metrics["git_commit"] is None or len(metrics["git_commit"]) >= 40
     assert "torch" in metrics["versions"] and metrics["seed"] == 42
     assert set(metrics["before"]) == {"source", "converted"} and set(metrics["after"]) == {"trained"}
@@ -189,7 +126,7 @@ def test_cli_run_saves_an_ordinary_longformer(long_dir, tmp_path):
     # The logged training loss is a per-token mean, not the sum over accumulated micro-batches.
     first = next(h for h in metrics["log_history"] if "loss" in h)
     assert first["loss"] < math.log(1000) + 1
-    assert json.loads((out / "config.json").read_text())["max_pos"] == 256
+    assert json.loads((out / "config.json").read_text())["block_size"] == 256
     assert json.loads((out / "run.json").read_text())["config"]["out"] == str(out)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -219,6 +156,13 @@ def test_resume_reaches_the_same_step_and_loss(long_dir, tmp_path):
     # A run killed after its step-6 checkpoint: only that checkpoint (and the before-metrics) remain.
     shutil.rmtree(out / "checkpoints" / "checkpoint-12")
     shutil.rmtree(out / "model")
+    # A run from before block_size was renamed stored it as max_pos: still a field that must not change.
+    stored = json.loads((out / "config.json").read_text())
+    stored["max_pos"] = stored.pop("block_size")
+    (out / "config.json").write_text(json.dumps({**stored, "max_pos": 128}))
+    with pytest.raises(LongctxError, match="cannot resume with a different block_size"):
+        pretrain(**kwargs, resume=True)
+    (out / "config.json").write_text(json.dumps(stored))
     resumed = pretrain(**kwargs, resume=True)
     assert resumed["train"]["resumed_from"].endswith("checkpoint-6")
     assert resumed["train"]["global_step"] == full["train"]["global_step"] == 12
@@ -242,7 +186,7 @@ def test_resume_reaches_the_same_step_and_loss(long_dir, tmp_path):
         pretrain(**kwargs)
 
 
-def test_user_errors(long_dir, tiny_encoder_dir, tmp_path):
+def test_user_errors(long_dir, tiny_encoder_dir, tmp_path, warnings):
     base = _small(model=str(long_dir), out=str(tmp_path / "run"))
     with pytest.raises(LongctxError, match=r"nope\.raw: WikiText file not found"):
         pretrain(**{**base, "train_file": [str(tmp_path / "nope.raw")]})
@@ -252,8 +196,15 @@ def test_user_errors(long_dir, tiny_encoder_dir, tmp_path):
         pretrain(**base, mlm_probability=1.5)
     with pytest.raises(LongctxError, match="nothing to resume"):
         pretrain(**{**base, "out": str(tmp_path / "fresh")}, resume=True)
-    with pytest.raises(LongctxError, match="max_pos 512 is more than the model's 256 positions"):
+    with pytest.raises(LongctxError, match="block_size 512 is more than the model's 256 positions"):
+        pretrain(**base, block_size=512, force=True)
+    with pytest.raises(LongctxError, match="'block_size' \\(128\\) and 'max_pos' \\(256\\) disagree"):
+        pretrain(**base, block_size=128, max_pos=256, force=True)
+    # max_pos, block_size's old name, still works for one release, with a one-line warning.
+    with pytest.raises(LongctxError, match="block_size 512 is more than the model's 256 positions"):
         pretrain(**base, max_pos=512, force=True)
+    assert [r.getMessage() for r in warnings.records if "max_pos" in r.getMessage()] == [
+        "field 'max_pos' of pretrain is deprecated: it is now 'block_size' (tokens per block)"]
     with pytest.raises(LongctxError, match=r"missing-model: model not found"):
         pretrain(**{**base, "model": str(tmp_path / "missing-model")}, force=True)
     if not torch.cuda.is_available():
@@ -276,12 +227,12 @@ def test_without_fast_attention_module(long_dir, monkeypatch):
 
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from longctx import pretrain as module
     from longctx.data import wikitext
+    from longctx.models import enable_fast_attention
 
     monkeypatch.setitem(sys.modules, "longctx.attention", None)  # as if attention.py did not exist
     model = AutoModelForMaskedLM.from_pretrained(long_dir)
-    assert module._enable_fast_attention(model) is False
+    assert enable_fast_attention(model) is False
     tokenizer = AutoTokenizer.from_pretrained(long_dir)
     tokens = wikitext.tokenize_articles(wikitext.load_articles([VALID])[0], tokenizer)
     text = masked_eval_text(tokens, tokenizer, block_size=256, packing="concat", mlm_probability=0.15)
@@ -292,7 +243,7 @@ def test_without_fast_attention_module(long_dir, monkeypatch):
         import longctx.attention  # noqa: F401
     except ImportError:
         return
-    assert module._enable_fast_attention(model) is True
+    assert enable_fast_attention(model) is True
     fast = evaluate_mlm(model, text, 256, tokenizer)
     assert fast["loss"] == pytest.approx(plain["loss"], abs=1e-4)
 
@@ -302,7 +253,7 @@ def test_help_lists_every_field(capsys):
         main(["pretrain", "--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--train-file", "--max-pos", "--gradient-checkpointing", "--no-recopy-global", "--resume",
+    for flag in ("--train-file", "--block-size", "--gradient-checkpointing", "--no-recopy-global", "--resume",
                  "--max-eval-blocks", "--source-model"):
         assert flag in text
 

@@ -1,0 +1,256 @@
+"""Loading models and tokenizers, and the facts about a model that every verb needs.
+
+Every verb loads through here: `load_mlm` (convert's source, pretrain), `load_qa_model` (finetune,
+evaluate), `load_seq2seq` (T5 fine-tuning) and `load_tokenizer`. One place therefore decides:
+
+* **local folder or hub name** (`resolve_model`): a name that can only be a path and is not a folder,
+  or a folder without `config.json`, is a one-line error before transformers is asked anything;
+* **quiet loading** (`quiet_transformers`): load reports and progress bars are noise here (a fresh QA head
+  on an MLM checkpoint is expected), errors still surface as one-line LongctxErrors naming the model;
+* **what a loaded model gets** (`prepare`): the length guard (`add_length_guard`) on every model and, for
+  Longformer, longctx's exact SDPA attention (`longctx.attention.enable`) when asked.
+
+Model facts live here too, so training code never imports from conversion: `position_offset`,
+`model_max_tokens`, `is_longformer`, and `copy_global_projections` (Longformer's
+global query/key/value start as copies of the local ones: convert makes them, pretrain re-makes them).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from longctx.common import LongctxError, log
+
+# Families differ in where position ids start. RoBERTa-style models derive them from the padding id
+# (first real position = pad_token_id + 1, i.e. 2), BERT-style models (and the rest) count from 0.
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer")
+
+PROJECTIONS = ("query", "key", "value")
+
+
+# ------------------------------------------------------------------------------------- where a model is
+
+
+def looks_local(name: str) -> bool:
+    """Whether `name` can only be a folder: it exists, starts or ends like a path (`.`, `/`, `~`; `/`), or
+    has more than one `/` (a hub repository is `name` or `owner/name`)."""
+    return (Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.endswith("/")
+            or os.path.isabs(name) or name.count("/") > 1 or (os.sep != "/" and os.sep in name))
+
+
+def resolve_model(model: str | os.PathLike, what: str = "model") -> str:
+    """The name to hand to `from_pretrained`: a checked local folder, or a hub name left to the hub.
+
+    A local-looking name that is not a folder, or a folder without config.json, is a one-line error."""
+    name = str(model)
+    if not looks_local(name):
+        return name
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise LongctxError(f"{name}: {what} not found")
+    if not (folder / "config.json").is_file():
+        raise LongctxError(f"{name}: {what} folder has no config.json (not a saved transformers model)")
+    return str(folder)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and progress bars inside the block; errors still raise."""
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
+# ------------------------------------------------------------------------------------------ loaders
+
+
+def load_config(model: str | os.PathLike, what: str = "model"):
+    """The model's transformers config, with a one-line error naming the model."""
+    from transformers import AutoConfig
+
+    name = resolve_model(model, what)
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        where = "folder has no usable config.json" if looks_local(name) else "not found locally or on the hub"
+        raise LongctxError(f"{model}: {what} {where} ({_first_line(e)})") from None
+
+
+def load_tokenizer(model: str | os.PathLike, what: str = "model"):
+    """The model's tokenizer, with a one-line error naming the model."""
+    from transformers import AutoTokenizer
+
+    name = resolve_model(model, what)
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise LongctxError(f"{model}: cannot load the {what}'s tokenizer ({_first_line(e)})") from None
+
+
+def load_mlm(model: str | os.PathLike, what: str = "model", *, allow_headless: bool = False, dtype=None,
+             fast_attention: bool = False):
+    """(model, tokenizer, has_head): a masked LM with its tokenizer, prepared (see `prepare`).
+
+    Without an MLM head in the checkpoint: a LongctxError, or with `allow_headless` the bare encoder
+    (`AutoModel`) and has_head False. `dtype` is passed to from_pretrained when given."""
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    name = resolve_model(model, what)
+    load_config(name, what)  # a clear message for a folder without a usable config, before any weights
+    tokenizer = load_tokenizer(name, what)
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    with quiet_transformers():  # loading a headless checkpoint into an MLM class prints a long report
+        try:
+            net, info = AutoModelForMaskedLM.from_pretrained(name, output_loading_info=True, **kwargs)
+        except (OSError, ValueError) as e:
+            raise LongctxError(f"{model}: cannot load the {what} as a masked LM ({_first_line(e)})") from None
+        head = [k for k in info.get("missing_keys", []) if k.startswith(("lm_head.", "cls."))
+                and not k.endswith("decoder.weight")]  # the decoder weight is tied to the embeddings
+        if head and allow_headless:
+            net = AutoModel.from_pretrained(name, **kwargs)
+    if head and not allow_headless:
+        raise LongctxError(f"{model}: the {what} has no MLM head (missing {head[0]}; converted from a bare "
+                           f"encoder?): MLM pretraining starts from the source's MLM head")
+    prepare(net, fast_attention=fast_attention)
+    return net, tokenizer, not head
+
+
+def load_qa_model(model: str | os.PathLike, fast_attention: bool = True):
+    """(tokenizer, QA model) from a folder or hub name, prepared (see `prepare`)."""
+    from transformers import AutoModelForQuestionAnswering
+
+    name = resolve_model(model)
+    tokenizer = load_tokenizer(name)
+    with quiet_transformers():  # a fresh QA head on an MLM checkpoint is expected, not news
+        try:
+            net, info = AutoModelForQuestionAnswering.from_pretrained(name, output_loading_info=True)
+        except (OSError, ValueError) as e:
+            raise LongctxError(f"{model}: cannot load a QA model ({_first_line(e)})") from None
+    if any(k.startswith("qa_outputs") for k in info["missing_keys"]):
+        log.info("%s: new QA head (randomly initialised)", model)
+    prepare(net, fast_attention=fast_attention)
+    return tokenizer, net
+
+
+def load_seq2seq(model: str | os.PathLike):
+    """(tokenizer, encoder-decoder model) for T5-style generation; the tokenizer needs pad and eos tokens."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    what = "encoder-decoder (seq2seq) model"
+    name = resolve_model(model, what)
+    tokenizer = load_tokenizer(name, what)
+    try:
+        net = AutoModelForSeq2SeqLM.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise LongctxError(f"{model}: cannot load an encoder-decoder (seq2seq) model ({_first_line(e)})") from None
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise LongctxError(f"{model}: the tokenizer needs pad and eos tokens for seq2seq training")
+    return tokenizer, net
+
+
+# ------------------------------------------------------------------------- what a loaded model gets
+
+
+def prepare(model, *, fast_attention: bool = False):
+    """The length guard, and fast attention for Longformer when asked (encoders; T5's relative positions
+    have no hard limit, so `load_seq2seq` does not call this)."""
+    add_length_guard(model)
+    if fast_attention:
+        enable_fast_attention(model)
+    return model
+
+
+def add_length_guard(model):
+    """Make over-long inputs fail with a clear message instead of an IndexError deep in the embeddings."""
+    limit = model_max_tokens(model.config)
+
+    def check(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+            length = None if ids is None else ids.shape[1]
+        else:
+            length = ids.shape[-1]
+        if length is not None and length > limit:
+            raise LongctxError(f"input of {length} tokens is longer than the model's {limit} positions "
+                               f"(truncate to max_length <= {limit}, or convert with a larger --max-pos)")
+
+    model.register_forward_pre_hook(check, with_kwargs=True)
+    return model
+
+
+def enable_fast_attention(model) -> bool:
+    """Switch a Longformer to longctx's exact SDPA attention; False (nothing changed) for other models."""
+    if not is_longformer(model):
+        return False
+    try:
+        from longctx.attention import enable
+    except ImportError as e:  # optional: transformers' attention computes the same function, only slower
+        log.info("fast attention unavailable (%s); using transformers' Longformer attention", e)
+        return False
+    enable(model)
+    return True
+
+
+def uses_fast_attention(model) -> bool:
+    """Whether any attention layer of `model` runs longctx's SDPA Longformer attention."""
+    try:
+        from longctx.attention import enabled_layers
+    except ImportError:
+        return False
+    return enabled_layers(model)[0] > 0
+
+
+# ------------------------------------------------------------------------------------------ model facts
+
+
+def is_longformer(model) -> bool:
+    return model.config.model_type == "longformer"
+
+
+def position_offset(model_type: str, pad_token_id: int) -> int:
+    """Index of the first real (non-padding) row of a position table."""
+    return pad_token_id + 1 if model_type in PADDING_OFFSET_POSITIONS else 0
+
+
+def model_max_tokens(config) -> int:
+    """The model's capacity: how many tokens (special tokens included) its position table embeds."""
+    return config.max_position_embeddings - position_offset(config.model_type, config.pad_token_id or 0)
+
+
+def copy_global_projections(model) -> int:
+    """Make each Longformer layer's query_global/key_global/value_global copies of its query/key/value.
+
+    Returns the number of layers. Conversion starts the global projections this way (Beltagy et al.);
+    MLM pretraining never uses global attention, so they get no gradient and pretraining re-copies the
+    trained local ones. New parameters are assigned rather than copied into, because conversion builds
+    the model on the meta device, where the global projections have no storage yet."""
+    import torch
+
+    n = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if not all(hasattr(module, p) and hasattr(module, p + "_global") for p in PROJECTIONS):
+                continue
+            for p in PROJECTIONS:
+                local, glob = getattr(module, p), getattr(module, p + "_global")
+                for part in ("weight", "bias"):
+                    setattr(glob, part, torch.nn.Parameter(getattr(local, part).detach().clone()))
+            n += 1
+    return n

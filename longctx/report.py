@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import statistics
 import textwrap
@@ -62,7 +63,12 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _load(path: Path, what: str) -> dict[str, Any]:
-    value = read_json(path, what)
+    try:
+        value = read_json(path, what)
+    except RecursionError:  # json's recursive parser on thousands of nested brackets
+        raise LongctxError(f"{path}: nested too deeply to be a {what}") from None
+    except OSError as e:  # unreadable (permissions, a folder named like the file)
+        raise LongctxError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
     if not isinstance(value, dict):
         raise LongctxError(f"{path}: expected a JSON object, found {type(value).__name__}")
     return value
@@ -116,12 +122,19 @@ def model_lineage(config: dict[str, Any]) -> str | None:
     return " → ".join(parts)
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a recorded name that is no path here (too long, a NUL byte)
+        return False
+
+
 def _recorded_model(model: str, folder: Path) -> dict[str, Any]:
     """What a run's recorded model is: its folder (resolved) and lineage when at hand. A fine-tuned run's own
     saved model/ carries the lineage of the model it started from."""
     info: dict[str, Any] = {"recorded": model, "folder": None, "lineage": None}
     local = Path(model).expanduser()
-    if (local / "config.json").is_file():
+    if _is_file(local / "config.json"):
         info["folder"] = str(local.resolve())
         config = _read(local / "config.json")
     else:
@@ -177,7 +190,7 @@ def _run(folder: Path, rel: Path) -> tuple[dict[str, Any] | None, str | None]:
         if eval_file:
             eval_file = _text(eval_file, path, "eval_file")
             dataset = Path(eval_file).stem
-            dataset_key = str(Path(eval_file).resolve()) if Path(eval_file).exists() else eval_file
+            dataset_key = str(Path(eval_file).resolve()) if _is_file(Path(eval_file)) else eval_file
         else:
             dataset, dataset_key = str(rel), str(rel)
         via = "run metadata"
@@ -237,6 +250,28 @@ def collect(runs_dir: str | Path, exclude: Path | None = None,
     return runs, notes
 
 
+def sweep_order(path: Path) -> tuple[dict[str, Any], str | None]:
+    """sweep.json's matrix, seeds, and the table order (models, datasets, groups), keeping only well-formed
+    entries: it orders the tables and finds the matrix, it never changes a number; plus a note on what was
+    ignored."""
+    if not path.exists():
+        return {}, None
+    raw = _read(path)
+    if raw is None:
+        return {}, f"{path}: not a readable JSON object: tables in alphabetical order"
+
+    def names(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    info = {k: raw[k] for k in ("models", "datasets") if names(raw.get(k))}
+    groups = raw.get("groups")
+    if isinstance(groups, dict):
+        info["groups"] = {k: v for k, v in groups.items() if names(v)}
+    info.update({k: raw[k] for k in ("matrix", "seeds") if k in raw})
+    ignored = [k for k in ("models", "datasets", "groups") if k in raw and k not in info]
+    return info, f"{path}: {', '.join(ignored)} malformed: ignored" if ignored else None
+
+
 def changed_settings(root: Path, sweep_info: dict[str, Any], runs: list[dict[str, Any]]) -> tuple[set[str], str | None]:
     """Sweep cells (names) that `longctx sweep --dry-run` would show as 'done (settings changed)': the matrix
     named in sweep.json is planned again and each cell compared by the sweep's own rule; plus a note when the
@@ -244,14 +279,16 @@ def changed_settings(root: Path, sweep_info: dict[str, Any], runs: list[dict[str
     cells = {r["cell"] for r in runs if r["cell"]}
     if not cells:
         return set(), None
-    matrix = sweep_info.get("matrix")
-    if not matrix:
+    matrix, seeds = sweep_info.get("matrix"), sweep_info.get("seeds")
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        seeds = None  # the matrix's own
+    if not matrix or not isinstance(matrix, str):
         return set(), ("no sweep.json naming the matrix: sweep cells were not compared with the matrix's current "
                         "settings")
     from longctx.sweep import Registry, cell_status, plan
 
     try:
-        p = plan(matrix, runs_dir=root, seeds=sweep_info.get("seeds") or None, strict=False)
+        p = plan(matrix, runs_dir=root, seeds=seeds or None, strict=False)
     except LongctxError as e:
         return set(), f"cells were not compared with the matrix's current settings: {e}"
     registry = Registry(p.registry) if p.registry.exists() else None
@@ -643,6 +680,11 @@ def check_out_dir(out_dir: Path, force: bool) -> set[str]:
     the files report wrote there before (which it may remove when they no longer apply)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise LongctxError(f"{out_dir}: exists and is not a folder")
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise LongctxError(f"{out_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LongctxError(f"{out_dir}: {existing} is not writable")
     if not out_dir.is_dir():
         return set()
     folders = [n for n in (*OUTPUTS, MANIFEST) if (out_dir / n).is_dir()]
@@ -676,15 +718,14 @@ def report(runs_dir: str, /, *, out: str | None = None, title: str | None = None
     """
     root = Path(runs_dir)
     if not root.is_dir():
-        raise LongctxError(f"{root}: runs folder not found")
+        raise LongctxError(f"{root}: {'not a folder' if root.exists() else 'runs folder not found'}")
     out_dir = Path(out) if out else root / "report"
     own = check_out_dir(out_dir, force)
     title = title or f"Results: {root}"
-    sweep_info = _read(root / "sweep.json") or {}
+    sweep_info, sweep_note = sweep_order(root / "sweep.json")
     runs, notes = collect(root, exclude=out_dir, skip_invalid=skip_invalid)
     changed, why = changed_settings(root, sweep_info, runs)
-    if why:
-        notes.append(why)
+    notes += [n for n in (sweep_note, why) if n]
     for r in runs:
         r["settings_changed"] = r["cell"] in changed
     rows = summarize(runs, sweep_info.get("models"), sweep_info.get("datasets"))

@@ -409,3 +409,30 @@ def test_mlm_plot_has_integer_steps_and_the_source_level(tmp_path):
     assert any("roberta-base" in t.get_text() and "512" in t.get_text() for t in ax.get_legend().get_texts())
     result = report(str(runs))
     assert result["source_levels"] == levels
+
+
+def test_hostile_folders_and_files_are_one_line_errors(tmp_path, capsys):
+    from longctx.cli import main
+
+    root = tmp_path / "runs"
+    _write_run(root / "m/squad/seed-1", "m", "squad", 1, 80.0, 88.0, with_cell=False)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    deep = root / "deep/run"
+    deep.mkdir(parents=True)
+    (deep / "metrics.json").write_text("[" * 100_000 + "]" * 100_000)
+    cases = [([str(a_file)], f"{a_file}: not a folder"),
+             ([str(root), "--out", str(a_file / "sub")], f"{a_file / 'sub'}: {a_file} is a file"),
+             ([str(root)], f"{deep / 'metrics.json'}: ")]
+    for argv, message in cases:
+        assert main(["report", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+    assert not (root / "report").exists()
+    # A malformed sweep.json only orders tables: its bad entries are ignored with a note.
+    (deep / "metrics.json").unlink()
+    (root / "sweep.json").write_text(json.dumps({"models": [{"x": 1}], "groups": {"x": "y"}, "matrix": 3,
+                                                 "seeds": "all"}))
+    result = report(str(root))
+    assert [r["model"] for r in result["rows"]] == ["m"]
+    assert any("sweep.json: models" in n for n in result["notes"])

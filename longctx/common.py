@@ -79,6 +79,10 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise LongctxError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
         raise LongctxError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:  # json's recursive parser on thousands of nested brackets
+        raise LongctxError(f"{path}: nested too deeply to be a {what}") from None
+    except OSError as e:  # unreadable (permissions, a special file)
+        raise LongctxError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
 
 
 def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -88,7 +92,7 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
     whose absence the caller reports itself; `read_json` is for files a user named."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 

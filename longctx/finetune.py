@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from longctx.common import (LongctxError, log, prepare_output_dir, run_metadata,
+from longctx.common import (LongctxError, prepare_output_dir, run_metadata,
                             tensorboard_callback, write_json)
 from longctx.config import resolved_config
 from longctx.models import is_longformer, load_qa_model, load_tokenizer, model_max_tokens

@@ -22,7 +22,7 @@ from longctx.models import is_longformer, load_qa_model, load_tokenizer, model_m
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
 
-def _qa_trainer_class():
+def qa_trainer_class():
     from transformers import Trainer
 
     class QATrainer(Trainer):
@@ -32,7 +32,9 @@ def _qa_trainer_class():
         bucket_batches = 0
 
         def _get_train_sampler(self, train_dataset=None):
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            # The Trainer drops columns the model does not take (our "length") before it asks for a sampler,
+            # so the lengths come from the dataset as given to the Trainer (same rows, same order).
+            dataset = self.train_dataset
             if not self.bucket_batches or dataset is None or "length" not in dataset.column_names:
                 return super()._get_train_sampler(train_dataset)
             from longctx.qa.batching import BucketedLengthSampler
@@ -155,7 +157,7 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
              data_format: Literal["squad", "triviaqa"] = "squad", max_doc_tokens: int = 4096, max_length: int = 384, doc_stride: int = 128, global_attention: bool | None = None,
              learning_rate: float = 3e-5, num_train_epochs: float = 3.0, max_steps: int = -1,
              per_device_train_batch_size: int = 8, per_device_eval_batch_size: int = 16,
-             gradient_accumulation_steps: int = 1, warmup_steps: float = 0.1, weight_decay: float = 0.01,
+             gradient_accumulation_steps: int = 1, warmup_steps: float = 0.0, weight_decay: float = 0.0,
              precision: Precision = "auto", group_by_length: bool = True, bucket_batches: int = 8,
              fast_attention: bool = True,
              gradient_checkpointing: bool = False, n_best: int = 20, max_answer_length: int = 30,
@@ -267,7 +269,7 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         gradient_accumulation_steps=gradient_accumulation_steps, warmup_steps=warmup_steps,
         weight_decay=weight_decay, logging_steps=logging_steps, seed=seed, data_seed=seed,
         save_strategy="epoch" if train_examples else "no")
-    trainer = _qa_trainer_class()(model=qa_model, args=args, train_dataset=train_features,
+    trainer = qa_trainer_class()(model=qa_model, args=args, train_dataset=train_features,
                                   data_collator=QACollator(tokenizer), processing_class=tokenizer,
                                   callbacks=[tensorboard_callback(out_dir / "tensorboard")])
     trainer.bucket_batches = bucket_batches if group_by_length else 0
@@ -350,7 +352,7 @@ def evaluate(*, model: str, data: str, out: str | None = None,
     version_2 = is_squad_v2(version, examples)
     resolved_precision, args = _training_args(out_dir, precision, per_device_eval_batch_size=per_device_eval_batch_size,
                              save_strategy="no")
-    trainer = _qa_trainer_class()(model=qa_model, args=args, data_collator=QACollator(tokenizer),
+    trainer = qa_trainer_class()(model=qa_model, args=args, data_collator=QACollator(tokenizer),
                                   processing_class=tokenizer)
     metrics = _evaluate_and_write(trainer, tokenizer, examples, out_dir, version_2=version_2, tune_threshold=False,
                                   null_threshold=null_threshold, max_length=max_length, doc_stride=doc_stride,

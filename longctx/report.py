@@ -93,11 +93,11 @@ def model_lineage(config: dict[str, Any]) -> str | None:
     entry = config.get("longctx")
     if not isinstance(entry, dict) or not entry.get("converted_from"):
         return None
-    from longctx.convert import max_tokens
+    from longctx.models import model_max_tokens
 
     parts = [str(entry["converted_from"])]
     try:
-        parts.append(f"Longformer {max_tokens(SimpleNamespace(**config))}")
+        parts.append(f"Longformer {model_max_tokens(SimpleNamespace(**config))}")
     except (AttributeError, TypeError):
         parts.append("Longformer")
     pretrained = entry.get("pretrained")

@@ -126,3 +126,29 @@ def test_triviaqa_finetune_scores_with_official_metric(tiny_encoder_dir, tmp_pat
                              "--predictions", str(out / "predictions.json")], capture_output=True, text=True,
                             check=True)
     assert json.loads(scored.stdout)["f1"] == pytest.approx(metrics["eval"]["f1"], abs=1e-9)
+
+
+def test_training_batches_come_from_the_bucketed_sampler(tiny_encoder_dir, tmp_path):
+    """The Trainer drops the "length" column before it asks for a sampler; the bucketed sampler must still be
+    the one used (a silent fallback to random batches would lose the padding savings unnoticed)."""
+    from datasets import Dataset
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer, TrainingArguments
+
+    from longctx.finetune import qa_trainer_class
+    from longctx.qa.batching import BucketedLengthSampler
+    from longctx.qa.features import QACollator
+
+    model_dir = tiny_encoder_dir("bert", max_positions=128)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lengths = [5 + (i * 7) % 60 for i in range(64)]
+    rows = {"input_ids": [[1] * n for n in lengths], "attention_mask": [[1] * n for n in lengths],
+            "start_positions": [0] * 64, "end_positions": [0] * 64, "length": lengths}
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True,
+                             report_to="none")
+    trainer = qa_trainer_class()(model=AutoModelForQuestionAnswering.from_pretrained(model_dir), args=args,
+                                 train_dataset=Dataset.from_dict(rows), data_collator=QACollator(tokenizer))
+    trainer.bucket_batches = 2
+    loader = trainer.get_train_dataloader()
+    assert isinstance(loader.batch_sampler.sampler, BucketedLengthSampler)
+    widths = [batch["input_ids"].shape[1] for batch in loader]
+    assert sum(widths) < 0.8 * len(widths) * 64  # per-batch padding to similar lengths, not to the longest

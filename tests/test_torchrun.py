@@ -161,20 +161,3 @@ def test_torchrun_evaluate_and_refusal(data, ddp_run, tmp_path):
     assert again.returncode != 0
     assert again.stderr.count("output folder is not empty") == 1, again.stderr[-3000:]
     assert (ddp_run / "metrics.json").read_bytes() == before
-
-
-def test_grouped_runs_evaluate_in_dataset_order_under_torchrun():
-    """The default group_by_length run gets the same evaluation sampler under torchrun as the random-sampling
-    runs above (None: accelerate shards the dataset in order), never the Trainer's length-grouped shuffle."""
-    from types import SimpleNamespace
-
-    from torch.utils.data import SequentialSampler
-
-    from longctx.finetune import _qa_trainer_class
-
-    sampler = _qa_trainer_class()._get_eval_sampler
-    windows = list(range(10))
-    for world_size, expected in ((2, type(None)), (1, SequentialSampler)):
-        trainer = SimpleNamespace(args=SimpleNamespace(train_sampling_strategy="group_by_length",
-                                                       world_size=world_size))
-        assert isinstance(sampler(trainer, windows), expected)

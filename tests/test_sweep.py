@@ -16,7 +16,10 @@ import pytest
 import yaml
 
 from longctx.common import LongctxError
-from longctx.sweep import Registry, folder_state, plan, sweep
+from longctx.sweep import sweep
+from longctx.sweep.plan import plan
+from longctx.sweep.registry import Registry
+from longctx.sweep.state import folder_state
 
 # Tiny but real fine-tuning: 2 optimizer steps on a handful of windows.
 TINY = {"max_length": 64, "doc_stride": 16, "max_steps": 2, "per_device_train_batch_size": 4,

@@ -139,6 +139,15 @@ def _verb_words(argv: list[str]) -> tuple[str, list[str]] | int:
     raise AssertionError("the verb table nests one level at most")
 
 
+def load_env() -> None:
+    """./.env into the environment (DATA_DIR, LONGCTX_IMAGE, ...); the real environment and flags win."""
+    try:
+        from dotenv import load_dotenv
+    except ImportError:
+        return
+    load_dotenv(Path.cwd() / ".env", override=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in argv[:1] or "--verbose" in argv[:1]
@@ -147,12 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     setup_logging(logging.DEBUG if verbose else logging.INFO)
-    try:
-        from dotenv import load_dotenv
-
-        load_dotenv(Path.cwd() / ".env", override=False)  # flags and the real environment win
-    except ImportError:
-        pass
+    load_env()
     words = _verb_words(argv)
     if isinstance(words, int):
         return words

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, get_args, get_origin
 
 from longctx.common import LongctxError, setup_logging
-from longctx.config import VERBS, invoke, load_recipe, parameters, resolve, strip_optional, type_hints
+from longctx.config import VERBS, invoke, load_recipe, parameters, resolve, select, strip_optional, type_hints
 
 
 def _doc_parts(fn: Callable) -> tuple[str, dict[str, str]]:
@@ -72,9 +72,10 @@ def build_parser(name: str | None = None) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(prog=f"longctx {name}",
                                          description=(inspect.getdoc(module) or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for verb in verbs:
-        sub.add_parser(verb, help=f"see `longctx {verb if name is None else name + ' ' + verb} --help`",
-                       add_help=False)
+    for verb, target in verbs.items():
+        # A group's sub-verbs live in its module, imported above: their summaries cost nothing.
+        help_ = _doc_parts(resolve(target))[0].replace("%", "%%") if name else f"see `longctx {verb} --help`"
+        sub.add_parser(verb, help=help_, add_help=False)
     return parser
 
 
@@ -104,7 +105,7 @@ def parse_command(name: str, argv: list[str]) -> tuple[Callable, dict[str, Any],
         peek = load_recipe(known.config) if known.config else {}
         if getattr(known, field) is not None:
             peek[field] = getattr(known, field)
-        fn = fn.route(peek)
+        fn = select(fn, peek)
     args = vars(command_parser(name, fn).parse_args(argv))
     recipe = args.pop("config", None)
     values = load_recipe(recipe) if recipe else {}

@@ -15,25 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, get_args, get_origin
 
 from longctx.common import LongctxError, setup_logging
-from longctx.config import _strip_optional, bind, load_recipe, parameters, type_hints
-
-# name -> "module:function". Imported lazily so `longctx --help` stays fast.
-COMMANDS: dict[str, str] = {
-    "convert": "longctx.convert:convert",
-    "pretrain": "longctx.pretrain:pretrain",
-    "finetune": "longctx.finetune:finetune",
-    "evaluate": "longctx.finetune:evaluate",
-    "score": "longctx.qa.metrics:score",
-    "sweep": "longctx.sweep:sweep",
-    "report": "longctx.report:report",
-    "kfp": "longctx.kfp:kfp",
-    "demo": "longctx.demo:demo",
-}
-
-
-def resolve(target: str) -> Callable:
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+from longctx.config import VERBS, invoke, load_recipe, parameters, resolve, select, strip_optional, type_hints
 
 
 def _doc_parts(fn: Callable) -> tuple[str, dict[str, str]]:
@@ -56,7 +38,7 @@ def _doc_parts(fn: Callable) -> tuple[str, dict[str, str]]:
 
 
 def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Parameter, tp: Any, help_: str) -> None:
-    tp = _strip_optional(tp)
+    tp = strip_optional(tp)
     origin = get_origin(tp)
     help_ = help_.replace("%", "%%")  # argparse formats help strings with %
     kwargs: dict[str, Any] = {"help": help_, "default": argparse.SUPPRESS}
@@ -68,6 +50,8 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Par
         parser.add_argument(name, metavar=name.upper(), **kwargs)
         return
     flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+    if name == "out":  # every verb's output: `-o` as in most tools
+        flags.append("-o")
     if tp is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif origin in (list, tuple):
@@ -77,12 +61,21 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Par
     parser.add_argument(*flags, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="longctx", description="Long-context question answering toolkit.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+def build_parser(name: str | None = None) -> argparse.ArgumentParser:
+    """`longctx --help`, or for a verb with sub-verbs `name` (kfp) its own list of them."""
+    verbs = VERBS if name is None else VERBS[name]
+    if name is None:
+        parser = argparse.ArgumentParser(prog="longctx", description="Long-context question answering toolkit.")
+        parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    else:
+        module = importlib.import_module(next(iter(verbs.values())).partition(":")[0])
+        parser = argparse.ArgumentParser(prog=f"longctx {name}",
+                                         description=(inspect.getdoc(module) or "").split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        sub.add_parser(name, help=f"see `longctx {name} --help`", add_help=False)
+    for verb, target in verbs.items():
+        # A group's sub-verbs live in its module, imported above: their summaries cost nothing.
+        help_ = _doc_parts(resolve(target))[0].replace("%", "%%") if name else f"see `longctx {verb} --help`"
+        sub.add_parser(verb, help=help_, add_help=False)
     return parser
 
 
@@ -97,27 +90,63 @@ def command_parser(name: str, fn: Callable) -> argparse.ArgumentParser:
     return parser
 
 
-def run_command(name: str, argv: list[str]) -> Any:
-    fn = resolve(COMMANDS[name])
-    if hasattr(fn, "cli"):  # a verb with sub-verbs of its own (e.g. `longctx kfp compile`)
-        return fn.cli(argv)
-    if hasattr(fn, "route"):  # a field (e.g. finetune's `task`) selects which function's fields apply
+def parse_command(name: str, argv: list[str]) -> tuple[Callable, dict[str, Any], str]:
+    """The function `longctx NAME ARGV` runs, the values it gets (recipe, then flags) and their source.
+
+    A routed verb (finetune's `task`) is resolved first from its field alone, so the flags are the selected
+    function's own (`--task seq2seq --max-source-length 512`)."""
+    fn = resolve(name)
+    field = getattr(fn, "route_field", None)
+    if field:
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--config")
-        pre.add_argument("--task")
+        pre.add_argument(f"--{field.replace('_', '-')}", dest=field)
         known, _ = pre.parse_known_args(argv)
         peek = load_recipe(known.config) if known.config else {}
-        if known.task:
-            peek["task"] = known.task
-        fn = fn.route(peek)
+        if getattr(known, field) is not None:
+            peek[field] = getattr(known, field)
+        fn = select(fn, peek)
     args = vars(command_parser(name, fn).parse_args(argv))
     recipe = args.pop("config", None)
     values = load_recipe(recipe) if recipe else {}
     values.update(args)
-    bound = bind(fn, values, source=str(recipe or f"longctx {name}"))
-    positional = [bound.pop(p.name) for p in parameters(fn).values()
-                  if p.kind is p.POSITIONAL_ONLY and p.name in bound]
-    return fn(*positional, **bound)
+    return fn, values, str(recipe or f"longctx {name}")
+
+
+def run_command(name: str, argv: list[str]) -> Any:
+    fn, values, source = parse_command(name, argv)
+    return invoke(fn, values, source)
+
+
+def _verb_words(argv: list[str]) -> tuple[str, list[str]] | int:
+    """("kfp compile", the rest) for `kfp compile ...`; else the exit status after printing the help (0) or
+    a usage error (2) of `longctx` or of a verb with sub-verbs."""
+    group, words = None, VERBS
+    for depth in range(2):
+        word = argv[depth] if len(argv) > depth else None
+        if word in words:
+            if isinstance(words[word], str):
+                return " ".join(argv[:depth + 1]), argv[depth + 1:]
+            group, words = word, words[word]
+            continue
+        parser = build_parser(group)
+        if word is None or word in ("-h", "--help"):
+            parser.print_help()
+            return 0
+        parser.print_usage(sys.stderr)
+        print(f"longctx{' ' + group if group else ''}: error: unknown command '{word}' "
+              f"(choose from {', '.join(words)})", file=sys.stderr)
+        return 2
+    raise AssertionError("the verb table nests one level at most")
+
+
+def load_env() -> None:
+    """./.env into the environment (DATA_DIR, LONGCTX_IMAGE, ...); the real environment and flags win."""
+    try:
+        from dotenv import load_dotenv
+    except ImportError:
+        return
+    load_dotenv(Path.cwd() / ".env", override=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,27 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     setup_logging(logging.DEBUG if verbose else logging.INFO)
+    load_env()
+    words = _verb_words(argv)
+    if isinstance(words, int):
+        return words
+    name, argv = words
     try:
-        from dotenv import load_dotenv
-
-        load_dotenv(Path.cwd() / ".env", override=False)  # flags and the real environment win
-    except ImportError:
-        pass
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        parser = build_parser()
-        if argv and argv[0] not in ("-h", "--help"):
-            parser.print_usage(sys.stderr)
-            print(f"longctx: error: unknown command '{argv[0]}' (choose from {', '.join(COMMANDS)})", file=sys.stderr)
-            return 2
-        parser.print_help()
-        return 0
-    try:
-        run_command(argv[0], argv[1:])
+        run_command(name, argv)
     except LongctxError as e:
-        print(f"longctx {argv[0]}: error: {e}", file=sys.stderr)
+        print(f"longctx {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"longctx {argv[0]}: interrupted", file=sys.stderr)
+        print(f"longctx {name}: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -1,12 +1,15 @@
-"""Recipes: one set of typed fields shared by the Python API, the CLI and YAML files.
+"""Verbs and recipes: one set of typed fields shared by the Python API, the CLI, YAML files and sweeps.
 
-A verb is a plain function with typed keyword parameters. A YAML recipe holds values for those
-parameters; `inherit:` names other recipes (relative to the file) whose values it starts from, so
-shared defaults live in one place. Command-line flags override the recipe; the function's own
-defaults fill the rest. `bind` checks the names and coerces the types for all three routes.
+A verb is a plain function with typed keyword parameters, listed by name in `VERBS`. A YAML recipe holds
+values for those parameters; `inherit:` names other recipes (relative to the file) whose values it starts
+from, so shared defaults live in one place. Command-line flags override the recipe; the function's own
+defaults fill the rest. `bind` checks the names and coerces the types, and `invoke` binds and calls, for
+every route (CLI, `call`, sweep cells).
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
 import types
 import typing
@@ -17,15 +20,55 @@ import yaml
 
 from longctx.common import LongctxError
 
+# Every `longctx` verb: name -> "module:function" (a mapping: a verb with sub-verbs, `longctx kfp compile`).
+# The CLI, the sweep's cells and kfp's steps all look verbs up here; modules are imported only when a verb
+# is resolved, so `longctx --help` stays fast.
+VERBS: dict[str, str | dict[str, str]] = {
+    "convert": "longctx.convert:convert",
+    "pretrain": "longctx.pretrain:pretrain",
+    "finetune": "longctx.finetune:finetune",
+    "evaluate": "longctx.finetune:evaluate",
+    "score": "longctx.qa.metrics:score",
+    "sweep": "longctx.sweep:sweep",
+    "report": "longctx.report:report",
+    "kfp": {"compile": "longctx.kfp:compile_pipeline", "pytorchjob": "longctx.kfp:render_pytorchjob",
+            "concat-data": "longctx.kfp:concat_data"},
+    "demo": "longctx.demo:demo",
+}
+
 # Keys a recipe may carry that are about the recipe, not parameters of the verb.
 RECIPE_KEYS = {"inherit", "description"}
 
 
-def _merge(base: dict, over: dict) -> dict:
+def resolve(target: str) -> Callable:
+    """The function of a verb name ("finetune", "kfp compile") or of a "module:function" target."""
+    if ":" not in target:
+        entry: Any = VERBS
+        for word in target.split():
+            entry = entry.get(word) if isinstance(entry, dict) else None
+        if not isinstance(entry, str):
+            raise LongctxError(f"unknown verb '{target}'")
+        target = entry
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def verb_name(target: str) -> str:
+    """The `longctx` words that run a "module:function" target ("longctx.finetune:evaluate" -> "evaluate")."""
+    for name, entry in VERBS.items():
+        subs = entry.items() if isinstance(entry, dict) else [("", entry)]
+        for sub, value in subs:
+            if value == target:
+                return f"{name} {sub}".strip()
+    raise LongctxError(f"no `longctx` verb runs {target}")
+
+
+def merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`; nested mappings are merged key by key (the one merge rule of `inherit:`)."""
     merged = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -52,14 +95,21 @@ def load_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     data = read_yaml(path, "recipe")
     if not isinstance(data, dict):
         raise LongctxError(f"{path}: a recipe must be a mapping of field: value")
-    parents = data.pop("inherit", None) or []
-    if isinstance(parents, str):
-        parents = [parents]
+    return inherit(data, path.parent, _seen + (path,))
+
+
+def inherit(values: dict[str, Any], base: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """`values` (a recipe's mapping) on top of the recipes its `inherit:` names, relative to `base`.
+
+    The one place `inherit:` is resolved, for recipe files and for a matrix's inline recipes alike:
+    parents in order, then `values`, each merged with `merge`; `description` is dropped."""
+    values = dict(values)
+    parents = values.pop("inherit", None) or []
+    values.pop("description", None)
     merged: dict[str, Any] = {}
-    for parent in parents:
-        merged = _merge(merged, load_recipe(path.parent / parent, _seen + (path,)))
-    data.pop("description", None)
-    return _merge(merged, data)
+    for parent in [parents] if isinstance(parents, str) else parents:
+        merged = merge(merged, load_recipe(Path(base) / parent, _seen))
+    return merge(merged, values)
 
 
 def parameters(fn: Callable) -> dict[str, inspect.Parameter]:
@@ -71,7 +121,8 @@ def type_hints(fn: Callable) -> dict[str, Any]:
     return typing.get_type_hints(fn)
 
 
-def _strip_optional(tp: Any) -> Any:
+def strip_optional(tp: Any) -> Any:
+    """`X` for `X | None` (the type a field has when it is given)."""
     if get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if len(args) == 1:
@@ -83,7 +134,7 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
     """Convert a YAML or command-line value to the annotated type, or raise a one-line error."""
     if value is None:
         return None
-    tp = _strip_optional(tp)
+    tp = strip_optional(tp)
     origin = get_origin(tp)
     try:
         if tp is Any or tp is inspect.Parameter.empty:
@@ -149,16 +200,49 @@ def bind(fn: Callable, values: dict[str, Any], source: str = "config") -> dict[s
     return bound
 
 
+def routed(fn: Callable, field: str, route: Callable[[dict[str, Any]], Callable]) -> Callable:
+    """`fn` whose field `field` selects the function that runs: `route(values)` returns it (or `fn`).
+
+    Every route reaches the selected function with its own fields, checked strictly: the CLI and `call`
+    pick it before binding (`select`), and a direct Python call is re-bound here. So a field the selected
+    function lacks is refused with a one-line error naming it, never dropped, and a field given with the
+    same value as `fn`'s default still reaches the other function (the wrapper sees what was passed)."""
+    if any(p.kind is not p.KEYWORD_ONLY for p in parameters(fn).values()):
+        raise TypeError(f"routed verb {fn.__name__} must take keyword-only fields")
+
+    @functools.wraps(fn)
+    def verb(**kwargs: Any) -> Any:
+        target = route(kwargs)
+        if target is verb or target is fn:
+            return fn(**kwargs)
+        return invoke(target, kwargs, source=f"{fn.__name__}({field}={kwargs.get(field)!r})")
+
+    verb.route = route  # type: ignore[attr-defined]
+    verb.route_field = field  # type: ignore[attr-defined]
+    return verb
+
+
+def select(fn: Callable, values: dict[str, Any]) -> Callable:
+    """The function a call of verb `fn` with `values` runs (another one for a routed verb's field)."""
+    route = getattr(fn, "route", None)
+    return route(values) if route else fn
+
+
+def invoke(fn: Callable, values: dict[str, Any], source: str) -> Any:
+    """Bind `values` to the function they select and call it: the one bind-then-call of the CLI, `call`
+    and sweep cells (positional-only fields are passed by position)."""
+    fn = select(fn, values)
+    bound = bind(fn, values, source=source)
+    positional = [bound.pop(p.name) for p in parameters(fn).values()
+                  if p.kind is p.POSITIONAL_ONLY and p.name in bound]
+    return fn(*positional, **bound)
+
+
 def call(fn: Callable, config: str | Path | None = None, **overrides: Any) -> Any:
     """Python-API twin of the CLI: `call(finetune, "experiments/x.yaml", learning_rate=1e-4)`."""
     values = load_recipe(config) if config else {}
     values.update(overrides)
-    if hasattr(fn, "route"):  # e.g. finetune with `task: seq2seq` binds to the T5 verb's fields
-        fn = fn.route(values)
-    bound = bind(fn, values, source=str(config or fn.__name__))
-    positional = [bound.pop(p.name) for p in parameters(fn).values()
-                  if p.kind is p.POSITIONAL_ONLY and p.name in bound]
-    return fn(*positional, **bound)
+    return invoke(fn, values, source=str(config or fn.__name__))
 
 
 def resolved_config(fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ for Longformer models.
 """
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Literal
 
 from longctx.common import (LongctxError, prepare_output_dir, run_metadata,
                             tensorboard_callback, write_json)
-from longctx.config import resolved_config
+from longctx.config import resolved_config, routed
 from longctx.models import is_longformer, load_qa_model, load_tokenizer, model_max_tokens
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -208,15 +207,7 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         resume: continue from the last checkpoint in out/checkpoints.
         force: reuse a non-empty out folder.
     """
-    if task == "seq2seq":
-        # Forward what the caller set (values that differ from this function's extractive defaults), so
-        # T5 keeps its own defaults (e.g. Adafactor's lr 1e-3) for everything else.
-        from longctx.seq2seq import finetune_seq2seq
-
-        ours = inspect.signature(finetune).parameters
-        theirs = inspect.signature(finetune_seq2seq).parameters
-        given = {k: v for k, v in locals().items() if k in theirs and k in ours and v != ours[k].default}
-        return finetune_seq2seq(task="seq2seq", **{k: v for k, v in given.items() if k != "task"})
+    # task: seq2seq never reaches this body: `_route` (below) sends it to the T5 verb on every route.
     config = resolved_config(finetune, dict(locals()))
     if not train_file and not eval_file:
         raise LongctxError("nothing to do: give train_file and/or eval_file")
@@ -369,7 +360,8 @@ def evaluate(*, model: str, data: str, out: str | None = None,
 
 
 def _route(values: dict[str, Any]):
-    """`task: seq2seq` in a recipe or on the command line selects the T5 fine-tuning verb's fields."""
+    """The one place seq2seq is chosen: `task: seq2seq` (Python call, recipe, command line or sweep cell)
+    selects the T5 fine-tuning verb, bound with its own fields, so a field it lacks is refused by name."""
     if values.get("task") == "seq2seq":
         from longctx.seq2seq import finetune_seq2seq
 
@@ -377,4 +369,4 @@ def _route(values: dict[str, Any]):
     return finetune
 
 
-finetune.route = _route  # type: ignore[attr-defined]
+finetune = routed(finetune, "task", _route)

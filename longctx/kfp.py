@@ -3,7 +3,9 @@
     longctx kfp compile    experiments/<matrix>.yaml -o pipeline.yaml   [--image IMG] [--gpus N]
     longctx kfp pytorchjob experiments/<matrix>.yaml -o pytorchjob.yaml [--workers N] [--image IMG] [--gpus N]
 
-Both read the matrix exactly as `longctx sweep` does (`longctx.sweep.plan`: the same cells, recipes,
+Each sub-verb is a typed function listed in `longctx.config.VERBS` (its flags are its signature, as for
+every verb); `concat-data` is the pipeline's own data step. Both renderers read the matrix exactly as
+`longctx sweep` does (`longctx.sweep.plan.plan`: the same cells, recipes,
 `${VAR}` expansion and field checks), so a matrix that passes `longctx sweep --dry-run` renders here too.
 `${VAR}`s are expanded as the container sees them: DATA_DIR=/data, MODEL_DIR=/models, LOG_DIR=/logs,
 HF_HOME=/hf-cache (the image's and docker/compose.yaml's values), other variables from the environment.
@@ -26,7 +28,6 @@ ConfigMap with each cell's recipe and one PyTorchJob per fine-tuning cell, runni
 kfp is an optional dependency (`pip install 'longctx[kfp]'`); `pytorchjob` does not need it.
 """
 # No `from __future__ import annotations`: kfp reads component functions' annotations as objects.
-import argparse
 import contextlib
 import copy
 import hashlib
@@ -36,11 +37,12 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import yaml
 
 from longctx.common import LongctxError, log, write_text
+from longctx.config import verb_name
 
 # Where the plan puts cell folders. In the pipeline, each task's folder is its output artifact (paths under
 # RUNS in a cell's fields are rewritten to the upstream task's artifact path); a PyTorchJob mounts the
@@ -72,23 +74,12 @@ def _container_env() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def cluster_plan(recipe: str | os.PathLike):
-    """The sweep plan of `recipe` with cell folders under RUNS and `${VAR}`s as in the container."""
-    from longctx.sweep import plan
+def cluster_plan(matrix: str | os.PathLike):
+    """The sweep plan of `matrix` with cell folders under RUNS and `${VAR}`s as in the container."""
+    from longctx.sweep.plan import plan
 
     with _container_env():
-        return plan(recipe, runs_dir=RUNS)
-
-
-def cli_verb(function: str) -> str:
-    """`longctx <verb>` that runs a cell's "module:function" (seq2seq cells go through finetune's task: route)."""
-    from longctx.cli import COMMANDS
-
-    verbs = {target: name for name, target in COMMANDS.items()}
-    verbs.setdefault("longctx.seq2seq:finetune_seq2seq", "finetune")
-    if function not in verbs:
-        raise LongctxError(f"no `longctx` verb runs {function} (known: {', '.join(sorted(verbs))})")
-    return verbs[function]
+        return plan(matrix, runs_dir=RUNS)
 
 
 def _jsonable(value: Any) -> Any:
@@ -278,7 +269,7 @@ def build_pipeline(p, image: str, *, gpus: int = 1, cpu: str = "8", memory: str 
             sources = list(cell.needs) + ([data_folder(p, cell.data)] if cell.data else [])
             recipe, refs = cell_recipe(cell, sources)
             used = [s for s in sources if any(src == s for src, _ in refs.values())]
-            component = components.cell(cli_verb(cell.function), refs, used)
+            component = components.cell(verb_name(cell.function), refs, used)
             inputs = {f"in_{i}": tasks[s].outputs["out"] for i, s in enumerate(used)}
             task = component(recipe=recipe_text(recipe), **inputs)
             task.set_display_name(cell.name).set_caching_options(True)
@@ -304,26 +295,36 @@ def build_pipeline(p, image: str, *, gpus: int = 1, cpu: str = "8", memory: str 
     return pipeline
 
 
-def compile_pipeline(recipe: str | os.PathLike, out: str | os.PathLike, *, image: str | None = None,
-                     gpus: int = 1, cpu: str = "8", memory: str = "64G") -> Path:
-    """Compile the sweep matrix `recipe` to a Kubeflow Pipelines YAML file `out`."""
+def compile_pipeline(matrix: str, /, out: str, *, image: str | None = None, gpus: int = 1, cpu: str = "8",
+                     memory: str = "64G") -> Path:
+    """Kubeflow Pipelines YAML of a sweep matrix: convert, pretrain, fine-tune x datasets x seeds, evaluate, report.
+
+    Args:
+        matrix: the sweep matrix (experiments/<matrix>.yaml, as for `longctx sweep`).
+        out: the pipeline YAML file to write.
+        image: image the cluster pulls; use a versioned tag (default: $LONGCTX_IMAGE, environment or .env,
+            else $PROJECT_NAME:latest).
+        gpus: GPUs per GPU task.
+        cpu: CPU request of a GPU task (Kubernetes quantity).
+        memory: memory request and limit of a GPU task (e.g. 64G).
+    """
     compiler, _ = _import_kfp()
     if gpus < 0:
         raise LongctxError(f"--gpus must be >= 0, got {gpus}")
-    p = cluster_plan(recipe)
+    p = cluster_plan(matrix)
     image = image or default_image()
     _check_image(image)
     try:
         pipeline = build_pipeline(p, image, gpus=gpus, cpu=cpu, memory=memory)
     except ValueError as e:  # kfp's checks of resource strings
-        raise LongctxError(f"{recipe}: {e}") from None
+        raise LongctxError(f"{matrix}: {e}") from None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # kfp writes the file itself: compile beside `out` under a temporary name, then write `out` atomically.
     tmp = out.with_name(f".{out.name}.kfp.yaml")
     try:
         compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(tmp))
-        header = (f"# Kubeflow pipeline compiled by `longctx kfp compile {recipe}` (image {image}).\n"
+        header = (f"# Kubeflow pipeline compiled by `longctx kfp compile {matrix}` (image {image}).\n"
                   f"# Upload it in the Kubeflow UI, or: kfp.Client().create_run_from_pipeline_package('{out.name}')\n")
         write_text(out, header + tmp.read_text(encoding="utf-8"))
     finally:
@@ -388,7 +389,7 @@ def pytorchjob_manifests(p, image: str, *, workers: int = 1, gpus: int = 1, pvc:
         out = f"{RUNS}/{cell.name}"
         # A pod restarted after a failure (restartPolicy OnFailure) resumes from the run's last checkpoint.
         script = (f"resume=; if ls {shlex.quote(out)}/checkpoints/checkpoint-* >/dev/null 2>&1; then resume=--resume; fi; "
-                  f"exec torchrun -m longctx {cli_verb(cell.function)} --config /etc/longctx/{key} "
+                  f"exec torchrun -m longctx {verb_name(cell.function)} --config /etc/longctx/{key} "
                   f"--out {shlex.quote(out)} $resume")
         command = ["sh", "-c", script]
         resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
@@ -439,17 +440,28 @@ def pytorchjob_manifests(p, image: str, *, workers: int = 1, gpus: int = 1, pvc:
     return [config, *jobs]
 
 
-def render_pytorchjob(recipe: str | os.PathLike, out: str | os.PathLike, *, image: str | None = None,
-                      workers: int = 1, gpus: int = 1, pvc: str = "longctx-workspace", cpu: str = "8",
-                      memory: str = "64G") -> Path:
-    """Write the PyTorchJob manifests of `recipe` to `out` (multi-document YAML for `kubectl apply -f`)."""
-    p = cluster_plan(recipe)
+def render_pytorchjob(matrix: str, /, out: str, *, image: str | None = None, workers: int = 1, gpus: int = 1,
+                      pvc: str = "longctx-workspace", cpu: str = "8", memory: str = "64G") -> Path:
+    """PyTorchJob manifests of a sweep matrix's fine-tuning cells, for multi-node training (`kubectl apply -f`).
+
+    Args:
+        matrix: the sweep matrix (experiments/<matrix>.yaml, as for `longctx sweep`).
+        out: the multi-document YAML file to write.
+        image: image the cluster pulls; use a versioned tag (default: $LONGCTX_IMAGE, environment or .env,
+            else $PROJECT_NAME:latest).
+        workers: Worker pods besides the Master.
+        gpus: GPUs per pod.
+        pvc: ReadWriteMany PersistentVolumeClaim with data/, runs/ and hf-cache/.
+        cpu: CPU request of a pod (Kubernetes quantity).
+        memory: memory request and limit of a pod (e.g. 64G).
+    """
+    p = cluster_plan(matrix)
     image = image or default_image()
     _check_image(image)
     docs = pytorchjob_manifests(p, image, workers=workers, gpus=gpus, pvc=pvc, cpu=cpu, memory=memory)
     needs = sorted({n for c in p.cells if c.kind == "finetune" for n in c.needs}
                    | {data_folder(p, c.data) for c in p.cells if c.kind == "finetune" and c.data})
-    header = (f"# Rendered by `longctx kfp pytorchjob {recipe}`: kubectl apply -f {Path(out).name}\n"
+    header = (f"# Rendered by `longctx kfp pytorchjob {matrix}`: kubectl apply -f {Path(out).name}\n"
               f"# {len(docs) - 1} PyTorchJob(s): 1 Master + {workers} Worker pod(s), {gpus} GPU(s) each. PVC '{pvc}'"
               f" (ReadWriteMany) holds data/, runs/ and hf-cache/.\n")
     if needs:
@@ -462,8 +474,14 @@ def render_pytorchjob(recipe: str | os.PathLike, out: str | os.PathLike, *, imag
 # ----------------------------------------------------------------------------------- pipeline helpers
 
 
-def concat_data(spec: str, out: str) -> dict[str, Any]:
-    """The pipeline's data step: build a concatenated dataset into `out` ({key}.json per source file)."""
+def concat_data(spec: str, out: str, /) -> dict[str, Any]:
+    """The pipeline's data step: build a matrix's concatenated dataset (the sweep's runs/_data/<name>/) in OUT.
+
+    Args:
+        spec: JSON {"sources": {key: SQuAD file}, "params": longctx.data.concat parameters}, as the compiled
+            pipeline passes it.
+        out: folder to write ({key}.json per source file and manifest.json).
+    """
     from longctx.common import write_json
     from longctx.data.concat import concat_file
 
@@ -475,63 +493,3 @@ def concat_data(spec: str, out: str) -> dict[str, Any]:
     built = {key: concat_file(src, Path(out) / f"{key}.json", **params) for key, src in sources.items()}
     write_json(Path(out) / "manifest.json", {"params": params, "sources": sources, "built": built})
     return built
-
-
-# ------------------------------------------------------------------------------------------------- verb
-
-
-def kfp(action: Literal["compile", "pytorchjob"], recipe: str, /, *, out: str, image: str | None = None,
-        gpus: int = 1, cpu: str = "8", memory: str = "64G", workers: int = 1, pvc: str = "longctx-workspace") -> Path:
-    """Render a sweep matrix for a cluster: a Kubeflow pipeline or PyTorchJob manifests.
-
-    Args:
-        action: compile (Kubeflow Pipelines YAML) or pytorchjob (Training Operator manifests).
-        recipe: the sweep matrix (as for `longctx sweep`).
-        out: the YAML file to write.
-        image: image the cluster pulls (default: $LONGCTX_IMAGE, else $PROJECT_NAME:latest).
-        gpus: GPUs per GPU task (compile) or per pod (pytorchjob).
-        cpu: CPU request of a GPU task / pod (Kubernetes quantity).
-        memory: memory request and limit of a GPU task / pod (e.g. 64G).
-        workers: Worker pods besides the Master (pytorchjob).
-        pvc: PersistentVolumeClaim with data/, runs/ and hf-cache/ (pytorchjob).
-    """
-    if action == "compile":
-        return compile_pipeline(recipe, out, image=image, gpus=gpus, cpu=cpu, memory=memory)
-    if action == "pytorchjob":
-        return render_pytorchjob(recipe, out, image=image, workers=workers, gpus=gpus, pvc=pvc, cpu=cpu, memory=memory)
-    raise LongctxError(f"unknown action '{action}' (choose from compile, pytorchjob)")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="longctx kfp", description=inspect.getdoc(kfp).split("\n\n")[0],
-        epilog="The image defaults to $LONGCTX_IMAGE (environment or .env), else $PROJECT_NAME:latest.")
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("recipe", metavar="RECIPE", help="sweep matrix (experiments/<matrix>.yaml)")
-    common.add_argument("-o", "--out", required=True, help="YAML file to write")
-    common.add_argument("--image", default=None, help="image the cluster pulls (use a versioned tag)")
-    common.add_argument("--gpus", type=int, default=1, help="GPUs per GPU task / per pod (default: 1)")
-    common.add_argument("--cpu", default="8", help="CPU request of a GPU task / pod (default: 8)")
-    common.add_argument("--memory", default="64G", help="memory request and limit of a GPU task / pod (default: 64G)")
-    sub.add_parser("compile", parents=[common],
-                   help="Kubeflow Pipelines YAML: convert, pretrain, fine-tune x datasets x seeds, evaluate, report")
-    pj = sub.add_parser("pytorchjob", parents=[common], help="PyTorchJob manifests for multi-node fine-tuning")
-    pj.add_argument("--workers", type=int, default=1, help="Worker pods besides the Master (default: 1)")
-    pj.add_argument("--pvc", default="longctx-workspace",
-                    help="ReadWriteMany PVC with data/, runs/, hf-cache/ (default: longctx-workspace)")
-    data = sub.add_parser("concat-data", help=argparse.SUPPRESS)  # used by the pipeline's data step
-    data.add_argument("spec")
-    data.add_argument("out")
-    return parser
-
-
-def _cli(argv: list[str]) -> Any:
-    args = vars(_parser().parse_args(argv))
-    action = args.pop("action")
-    if action == "concat-data":
-        return concat_data(args["spec"], args["out"])
-    return kfp(action, args.pop("recipe"), **args)
-
-
-kfp.cli = _cli  # longctx.cli hands `longctx kfp ...` to this parser (sub-verbs of its own)

@@ -198,7 +198,7 @@ def test_compile_without_kfp_says_how_to_install(matrix, monkeypatch):
     from longctx.kfp import compile_pipeline
 
     with pytest.raises(LongctxError, match=r"pip install 'longctx\[kfp\]'"):
-        compile_pipeline(matrix, matrix.parent / "p.yaml")
+        compile_pipeline(matrix, out=matrix.parent / "p.yaml")
     assert not (matrix.parent / "p.yaml").exists()
 
 
@@ -279,8 +279,28 @@ def test_compile_rejects_a_bad_resource_string(matrix, kfp_sdk, capsys):
 def test_kfp_cli_errors_are_one_line(matrix, capsys):
     assert main(["kfp", "pytorchjob", str(matrix.parent / "missing.yaml"), "-o", "x.yaml"]) == 2
     assert "matrix file not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["kfp", "compile", str(matrix)])  # -o is required: argparse usage error
+    assert main(["kfp", "compile", str(matrix)]) == 2  # -o is required: a field like any verb's
+    assert "missing required field 'out'" in capsys.readouterr().err
+    assert main(["kfp", "render", str(matrix)]) == 2
+    assert "unknown command 'render'" in capsys.readouterr().err
+
+
+def test_kfp_sub_verbs_take_their_flags_from_their_signatures(capsys):
+    """`longctx kfp --help` lists every sub-verb (the pipeline's data step too, no hidden entry), and each
+    sub-verb's flags are its function's fields."""
+    from longctx.config import VERBS, parameters, resolve
+
+    assert main(["kfp", "--help"]) == 0
+    listing = capsys.readouterr().out
+    for name in VERBS["kfp"]:  # each with the first words of its docstring
+        first = " ".join(resolve(f"kfp {name}").__doc__.split()[:3])
+        assert name in listing and first in " ".join(listing.split()), (name, listing)
+    for name in VERBS["kfp"]:
+        with pytest.raises(SystemExit):
+            main(["kfp", name, "--help"])
+        text = capsys.readouterr().out
+        fields = [p for p in parameters(resolve(f"kfp {name}")).values() if p.kind is not p.POSITIONAL_ONLY]
+        assert all(f"--{p.name.replace('_', '-')}" in text for p in fields), (name, text)
 
 
 def test_report_step_runs_the_real_report_verb(matrix, kfp_sdk, tmp_path):

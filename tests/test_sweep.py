@@ -16,7 +16,10 @@ import pytest
 import yaml
 
 from longctx.common import LongctxError
-from longctx.sweep import Registry, folder_state, plan, sweep
+from longctx.sweep import sweep
+from longctx.sweep.plan import plan
+from longctx.sweep.registry import Registry
+from longctx.sweep.state import folder_state
 
 # Tiny but real fine-tuning: 2 optimizer steps on a handful of windows.
 TINY = {"max_length": 64, "doc_stride": 16, "max_steps": 2, "per_device_train_batch_size": 4,
@@ -142,6 +145,28 @@ def test_matrix_mistakes_are_one_line_errors(tmp_path, monkeypatch, edit, messag
         raw[key] = value
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(LongctxError, match=message):
+        plan(tmp_path / "m.yaml")
+
+
+def test_seq2seq_cells_go_through_finetune_and_bind_the_t5_fields(tmp_path):
+    """A `task: seq2seq` matrix plans finetune cells (the verb table's finetune, routed by its task field):
+    zero-shot evaluation runs the same verb without training data, and extractive-only fields are refused."""
+    from longctx.config import VERBS
+
+    raw = {"seeds": [1], "finetune": {"task": "seq2seq", "max_source_length": 256},
+           "models": {"t5": {"model": "t5-small"}},
+           "datasets": {"sq": {"train_file": "t.json", "eval_file": "d.json"},
+                        "xq": {"model_from": "sq", "eval_files": {"de": "de.json"}}}}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(raw))
+    cells = {c.name: c for c in plan(tmp_path / "m.yaml", runs_dir=tmp_path / "runs").cells}
+    train, evaluate = cells["t5/sq/seed-1"], cells["t5/xq-de/seed-1"]
+    assert train.function == evaluate.function == VERBS["finetune"]
+    assert train.kwargs["task"] == evaluate.kwargs["task"] == "seq2seq" and train.kwargs["save_model"] is True
+    assert evaluate.kwargs["train_file"] is None and evaluate.kwargs["eval_file"] == "de.json"
+    assert evaluate.kwargs["save_model"] is False and evaluate.kwargs["max_source_length"] == 256
+    raw["datasets"]["sq"]["doc_stride"] = 64  # a field of extractive fine-tuning only
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(LongctxError, match=r"datasets\.sq: unknown field\(s\) doc_stride for 'finetune_seq2seq'"):
         plan(tmp_path / "m.yaml")
 
 

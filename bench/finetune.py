@@ -252,13 +252,15 @@ def main() -> None:
     print(f"job: {a.train_questions} train questions, {a.eval_questions} dev questions (spread), "
           f"{a.epochs:g} epoch(s), max_steps {a.max_steps}, {JOB}", flush=True)
     runs = []
-    if not a.no_reference:
-        runs.append(("reference", spawn("reference", cfg)))
-    runs.append(("longctx", spawn("longctx", cfg)))
+    todo = [] if a.no_reference else [("reference", "reference", {})]
+    todo.append(("longctx", "longctx", {}))
     for v in a.variants:
         spec = json.loads(v)
-        name = spec.pop("name", json.dumps(spec))
-        runs.append((f"longctx[{name}]", spawn("longctx", {**cfg, "overrides": spec})))
+        todo.append((f"longctx[{spec.pop('name', json.dumps(spec))}]", "longctx", spec))
+    for label, pipeline, overrides in todo:
+        result = spawn(pipeline, {**cfg, "overrides": overrides} if overrides else cfg)
+        runs.append((label, result))
+        print(f"done {label}: " + json.dumps(result), flush=True)  # a long run shows each result as it comes
     header = (f"{'pipeline':<28} {'prec':>5} {'windows':>7} {'steps':>5} {'s/step':>7} {'win/s':>7} {'tok/s':>7} "
               f"{'train s':>8} {'eval s':>7} {'total s':>8} {'RSS MB':>7} {'EM':>5} {'F1':>5} {'loss':>5}")
     print(header)

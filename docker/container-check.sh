@@ -32,7 +32,7 @@ settings=(ENV_FILE=.env.example PROJECT_NAME="$project" BASE_IMAGE="$base_image"
           TORCH_INDEX_URL="${TORCH_INDEX_URL:-}" GPU_IDS=none TENSORBOARD_PORT="$port" DOCKER="$docker"
           DATA_DIR="$work/data" MODEL_DIR="$work/models" LOG_DIR="$work/runs" HF_HOME="$work/hf-cache")
 # nice: the build's steps run under the daemon, so this lowers only make and compose; see docs/CONTAINERS.md.
-mk() { nice -n 10 make --no-print-directory "$@" "${settings[@]}"; }
+mk() { nice -n 10 make --no-print-directory "${settings[@]}" "$@"; }
 # step NAME LOG make-args...: runs `make ARGS` with its output in $work/LOG, says how long it took.
 step() {
     local name=$1 log=$work/$2 t=$SECONDS

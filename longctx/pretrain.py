@@ -406,7 +406,9 @@ def _setup_model(config: dict[str, Any], out_dir: Path):
             raise
         raise LongctxError(f"{e}; --mlm-head auto starts a fresh head") from None
     head = "loaded" if has_head else "new"
-    if head == "new":
+    if head == "new" and config["resume"]:
+        log.info("%s has no MLM head: the resumed checkpoint's trained head replaces the fresh one", model)
+    elif head == "new":
         log.warning("%s has no MLM head: starting a fresh one (decoder tied to the input embeddings); the 'before' "
                     "loss is an untrained head's, not the source's MLM quality", model)
     special_ids(tokenizer)  # a tokenizer without cls/sep/pad/mask fails here, before any data work

@@ -255,7 +255,7 @@ def test_help_lists_every_field(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--train-file", "--block-size", "--gradient-checkpointing", "--no-recopy-global", "--resume",
-                 "--max-eval-blocks", "--source-model"):
+                 "--max-eval-blocks", "--source-model", "--mlm-head"):
         assert flag in text
 
 
@@ -326,8 +326,8 @@ def test_pretrain_starts_a_fresh_head_and_says_so(tiny_encoder_dir, tmp_path, wa
     m = pretrain(**_small(model=str(bare), out=str(out), max_steps=20, learning_rate=3e-3))
     # One record (deduplicated: it reaches caplog twice while the logger still propagates), one line.
     notices = list({id(r): r.getMessage() for r in warnings.records if "no MLM head" in r.getMessage()}.values())
-    assert notices == [f"{bare} has no MLM head: starting a fresh one (decoder tied to the input embeddings); "
-                       f"the 'before' loss is an untrained head's, not the source's MLM quality"]
+    assert notices == [(f"{bare} has no MLM head: starting a fresh one (decoder tied to the input embeddings); "
+                        f"the 'before' loss is an untrained head's, not the source's MLM quality")]
     before, after = m["before"]["converted"], m["after"]["trained"]
     assert before["mlm_head"] == "new" and "untrained head" in before["note"]
     assert "source" not in m["before"]  # a fresh head's loss is not comparable with any source

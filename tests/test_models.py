@@ -140,7 +140,7 @@ def test_copy_global_projections_leaves_other_models_alone():
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_loaded_longformer_gets_the_guard_and_fast_attention_when_asked(fast, tmp_path):
-    from longctx.data.synthetic import train_tokenizer
+    from longctx.testing import train_tokenizer
 
     config, cls = _tiny_longformer(positions=64)
     tokenizer = train_tokenizer("roberta", ["a few words to learn from"] * 10, vocab_size=300)

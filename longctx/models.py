@@ -10,6 +10,9 @@ evaluate), `load_seq2seq` (T5 fine-tuning) and `load_tokenizer`. One place there
 * **what a loaded model gets** (`prepare`): the length guard (`add_length_guard`) on every model and, for
   Longformer, longctx's exact SDPA attention (`longctx.attention.enable`) when asked.
 
+A masked LM without a head in its checkpoint gets a fresh one only when asked (`new_mlm_head`,
+tied to the input embeddings like the BERT/RoBERTa families' MLM heads).
+
 Model facts live here too, so training code never imports from conversion: `position_offset`,
 `model_max_tokens`, `is_longformer`, and `copy_global_projections` (Longformer's
 global query/key/value start as copies of the local ones: convert makes them, pretrain re-makes them).
@@ -103,14 +106,18 @@ def load_tokenizer(model: str | os.PathLike, what: str = "model"):
         raise LongctxError(f"{model}: cannot load the {what}'s tokenizer ({_first_line(e)})") from None
 
 
-def load_mlm(model: str | os.PathLike, what: str = "model", *, allow_headless: bool = False, dtype=None,
-             fast_attention: bool = False):
+def load_mlm(model: str | os.PathLike, what: str = "model", *, allow_headless: bool = False,
+             new_head: bool = False, dtype=None, fast_attention: bool = False):
     """(model, tokenizer, has_head): a masked LM with its tokenizer, prepared (see `prepare`).
 
-    Without an MLM head in the checkpoint: a LongctxError, or with `allow_headless` the bare encoder
-    (`AutoModel`) and has_head False. `dtype` is passed to from_pretrained when given."""
+    Without an MLM head in the checkpoint (a bare encoder, or `longctx convert`'s LongformerModel from
+    one): a LongctxError; with `allow_headless` the bare encoder (`AutoModel`); with `new_head` the masked
+    LM with a fresh head (`new_mlm_head`). has_head says whether the checkpoint had one. `dtype` is
+    passed to from_pretrained when given."""
     from transformers import AutoModel, AutoModelForMaskedLM
 
+    if allow_headless and new_head:
+        raise ValueError("load_mlm: allow_headless and new_head exclude each other")
     name = resolve_model(model, what)
     load_config(name, what)  # a clear message for a folder without a usable config, before any weights
     tokenizer = load_tokenizer(name, what)
@@ -124,11 +131,42 @@ def load_mlm(model: str | os.PathLike, what: str = "model", *, allow_headless: b
                 and not k.endswith("decoder.weight")]  # the decoder weight is tied to the embeddings
         if head and allow_headless:
             net = AutoModel.from_pretrained(name, **kwargs)
-    if head and not allow_headless:
-        raise LongctxError(f"{model}: the {what} has no MLM head (missing {head[0]}; converted from a bare "
-                           f"encoder?): MLM pretraining starts from the source's MLM head")
+    if head and new_head:
+        new_mlm_head(net, getattr(net, head[0].split(".")[0]))
+    elif head and not allow_headless:
+        raise LongctxError(f"{model}: the {what} has no MLM head (missing {min(head)}: a bare encoder, "
+                           f"or converted from one)")
     prepare(net, fast_attention=fast_attention)
     return net, tokenizer, not head
+
+
+def new_mlm_head(model, head) -> None:
+    """Start `head` (the masked LM's head module: BERT's `cls`, RoBERTa's and Longformer's `lm_head`) afresh,
+    as the BERT/RoBERTa/Longformer families initialise it: the decoder weight tied to the input word
+    embeddings, the transform's dense weights normal(0, initializer_range), LayerNorm weights 1, every bias 0.
+
+    Written out rather than left to from_pretrained: transformers initialises missing modules through
+    `_init_weights`, which does not cover an explicit `nn.Parameter` such as LongformerLMHead.bias (it came
+    out as uninitialised memory, NaN included, for a converted headless model)."""
+    import torch
+
+    std = getattr(model.config, "initializer_range", None) or 0.02
+    embeddings = model.get_input_embeddings().weight
+    decoder = model.get_output_embeddings()
+    if decoder.weight is not embeddings:  # a config with tie_word_embeddings off: MLM families tie them
+        decoder.weight = embeddings
+        model.config.tie_word_embeddings = True
+    with torch.no_grad():
+        for module in head.modules():
+            for name, p in module.named_parameters(recurse=False):
+                if p is embeddings:
+                    continue
+                if name == "weight" and isinstance(module, torch.nn.LayerNorm):
+                    p.fill_(1.0)
+                elif name == "weight":
+                    p.normal_(0.0, std)
+                else:
+                    p.zero_()
 
 
 def load_qa_model(model: str | os.PathLike, fast_attention: bool = True):

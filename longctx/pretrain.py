@@ -1,6 +1,7 @@
 """MLM continuation pretraining of a converted Longformer (Beltagy et al. 2020, section 5) on the HF Trainer.
 
-Flow (`pretrain`, one named step each): load the converted folder (`longctx convert`) (`_setup_model`),
+Flow (`pretrain`, one named step each): load the converted folder (`longctx convert`) (`_setup_model`; a
+model without an MLM head, e.g. from a sentence encoder, gets a fresh one tied to its input embeddings),
 read WikiText raw text as articles and pack it into blocks of `block_size` tokens (`_setup_data`:
 `longctx.data.wikitext`, masked by `longctx.data.mlm`), build the Trainer (`_setup_trainer`), evaluate
 the source model at 512 tokens and the converted model at `block_size` on the same masked text
@@ -257,6 +258,7 @@ def pretrain(
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto",
     gradient_checkpointing: bool = False,
     recopy_global: bool = True,
+    mlm_head: Literal["auto", "require"] = "auto",
     source_model: str | None = None,
     source_max_len: int = 512,
     fast_attention: bool = True,
@@ -269,7 +271,7 @@ def pretrain(
     """Continue MLM pretraining of a converted Longformer on WikiText (Longformer's recipe).
 
     Args:
-        model: converted model folder (from `longctx convert`) with its MLM head and tokenizer.
+        model: converted model folder (from `longctx convert`) with its tokenizer and MLM head (see mlm_head).
         out: output folder: checkpoints/, tensorboard/, model/ (final), metrics.json, run.json, config.json.
         train_file: WikiText raw training file(s) (wiki.train.raw); articles start at ' = Title = ' lines.
         eval_file: WikiText raw evaluation file (wiki.valid.raw); default: the dataset's validation split.
@@ -298,8 +300,12 @@ def pretrain(
             small GPUs).
         recopy_global: after training, copy the trained query/key/value into the global projections
             (MLM never trains them); --no-recopy-global keeps them as they were.
+        mlm_head: auto: the checkpoint's MLM head, or, for a model without one (a sentence encoder such as
+            MiniLM, or converted from one), a fresh head tied to the input embeddings (the family's
+            initialisation otherwise), with a notice; metrics.json's before.converted.mlm_head says which.
+            require: fail without one.
         source_model: model for the before-training comparison; default: the model the folder was
-            converted from; none: skip the comparison.
+            converted from; none: skip the comparison (skipped too when the MLM head is new).
         source_max_len: block size for the source model in that comparison (at most its positions).
         fast_attention: use longctx.attention's exact SDPA Longformer attention when available.
         seed: seed for initialisation order, data order and training masks.
@@ -319,20 +325,20 @@ def pretrain(
     checkpoint = _setup_output(out_dir, resume=resume, force=force)
     resolved_precision = resolve_precision(precision)
     set_seed(seed)
-    mlm, tokenizer = _setup_model(config, out_dir)
+    mlm, tokenizer, head = _setup_model(config, out_dir)
     data = _setup_data(config, tokenizer)
     meta = run_metadata(config, seed, precision=resolved_precision)
     write_json(out_dir / "config.json", config)
     write_json(out_dir / "run.json", meta)
     trainer = _setup_trainer(config, mlm, tokenizer, data, out_dir, resolved_precision)
 
-    before = _evaluate_before(config, trainer, tokenizer, data, out_dir, resolved_precision.name)
+    before = _evaluate_before(config, trainer, tokenizer, data, out_dir, resolved_precision.name, head)
     metrics: dict[str, Any] = {"status": "training", "before": before,
                                "uniform_bits_per_token": math.log2(len(tokenizer)), "data": data.info, **meta}
     write_json(out_dir / "metrics.json", metrics)
 
     result, train_seconds = _train(trainer, before, checkpoint)
-    recopied = _save(config, trainer, tokenizer, data, out_dir)
+    recopied = _save(config, trainer, tokenizer, data, out_dir, head)
     after = {"trained": {"model": str(out_dir / "model"), **trainer.eval_fn(trainer.model)}}
 
     metrics.update(status="done", after=after,
@@ -387,11 +393,24 @@ def _setup_output(out_dir: Path, *, resume: bool, force: bool) -> str | None:
 
 
 def _setup_model(config: dict[str, Any], out_dir: Path):
-    """(masked LM, tokenizer) to train; settles `block_size` and `source_model` in `config`."""
+    """(masked LM, tokenizer, MLM head: "loaded" or "new") to train; settles `block_size` and `source_model`
+    in `config`."""
     import torch
 
     model = config["model"]
-    mlm, tokenizer, _ = load_mlm(model, "model", dtype=torch.float32, fast_attention=config["fast_attention"])
+    try:
+        mlm, tokenizer, has_head = load_mlm(model, "model", new_head=config["mlm_head"] == "auto",
+                                            dtype=torch.float32, fast_attention=config["fast_attention"])
+    except LongctxError as e:
+        if config["mlm_head"] != "require" or "no MLM head" not in str(e):
+            raise
+        raise LongctxError(f"{e}; --mlm-head auto starts a fresh head") from None
+    head = "loaded" if has_head else "new"
+    if head == "new" and config["resume"]:
+        log.info("%s has no MLM head: the resumed checkpoint's trained head replaces the fresh one", model)
+    elif head == "new":
+        log.warning("%s has no MLM head: starting a fresh one (decoder tied to the input embeddings); the 'before' "
+                    "loss is an untrained head's, not the source's MLM quality", model)
     special_ids(tokenizer)  # a tokenizer without cls/sep/pad/mask fails here, before any data work
     limit = model_max_tokens(mlm.config)
     if config["block_size"] is None:
@@ -408,7 +427,7 @@ def _setup_model(config: dict[str, Any], out_dir: Path):
     config["source_model"] = source_model
     if config["resume"]:
         _check_resume_config(out_dir, config)
-    return mlm, tokenizer
+    return mlm, tokenizer, head
 
 
 @dataclass
@@ -510,18 +529,24 @@ def _setup_trainer(config: dict[str, Any], mlm, tokenizer, data: _Data, out_dir:
 
 
 def _evaluate_before(config: dict[str, Any], trainer, tokenizer, data: _Data, out_dir: Path,
-                     precision: str) -> dict[str, Any]:
+                     precision: str, head: str) -> dict[str, Any]:
     """The source at its own length and the converted model at block_size, on the same masked text.
 
-    A resumed run keeps the first run's numbers unless the evaluation text changed since."""
+    `converted.mlm_head` records whether the model's MLM head was loaded or is new. A new head has learnt
+    nothing yet, so its loss says nothing about the source's MLM quality and the source comparison is
+    skipped. A resumed run keeps the first run's numbers unless the evaluation text changed since."""
     metrics_path = out_dir / "metrics.json"
     previous = read_json(metrics_path, "metrics") if config["resume"] and metrics_path.is_file() else {}
     before = previous.get("before")
     if before is not None and previous.get("data", {}).get("eval") != data.info["eval"]:
         before = None  # the evaluation text changed since: compare on the new one
     if before is None:
-        before = {"converted": {"model": config["model"], **trainer.eval_fn(trainer.model)}}
-        if config["source_model"]:
+        before = {"converted": {"model": config["model"], "mlm_head": head, **trainer.eval_fn(trainer.model)}}
+        if head == "new":
+            before["converted"]["note"] = "fresh MLM head: an untrained head's loss, not the source's MLM quality"
+            if config["source_model"]:
+                log.info("source comparison skipped: the MLM head is new, so the two losses are not comparable")
+        elif config["source_model"]:
             before["source"] = _evaluate_source(config["source_model"], trainer.model.config, data.eval_text,
                                                 tokenizer, config["source_max_len"],
                                                 config["per_device_train_batch_size"], trainer.args.device,
@@ -542,7 +567,7 @@ def _train(trainer, before: dict[str, Any], checkpoint: str | None):
     return result, time.perf_counter() - t0
 
 
-def _save(config: dict[str, Any], trainer, tokenizer, data: _Data, out_dir: Path) -> int:
+def _save(config: dict[str, Any], trainer, tokenizer, data: _Data, out_dir: Path, head: str) -> int:
     """Re-copy the global projections (unless switched off), record the training in the model's config
     and save model and tokenizer to out/model; returns the layers re-copied."""
     model = trainer.model
@@ -550,6 +575,7 @@ def _save(config: dict[str, Any], trainer, tokenizer, data: _Data, out_dir: Path
     model.config.longctx = {**(getattr(model.config, "longctx", None) or {}),
                             "pretrained": {"from": config["model"], "steps": trainer.state.global_step,
                                            "block_size": config["block_size"], "data": data.train_label,
+                                           "mlm_head": head,
                                            "global_projections": "recopied" if recopied else "kept"}}
     _save_model(model, tokenizer, out_dir / "model", config["block_size"])
     return recopied

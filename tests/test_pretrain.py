@@ -121,6 +121,7 @@ def test_cli_run_saves_an_ordinary_longformer(long_dir, tmp_path):
     assert metrics["git_commit"] is None or len(metrics["git_commit"]) >= 40
     assert "torch" in metrics["versions"] and metrics["seed"] == 42
     assert set(metrics["before"]) == {"source", "converted"} and set(metrics["after"]) == {"trained"}
+    assert metrics["before"]["converted"]["mlm_head"] == "loaded"
     for result in (*metrics["before"].values(), metrics["after"]["trained"]):
         _bpc_consistent(result)
     # The logged training loss is a per-token mean, not the sum over accumulated micro-batches.
@@ -213,8 +214,8 @@ def test_user_errors(long_dir, tiny_encoder_dir, tmp_path, warnings):
     bare = tmp_path / "bare-long"
     to_long(str(tiny_encoder_dir("roberta", mlm_head=False, max_positions=64)), str(bare), max_pos=256,
             attention_window=64)
-    with pytest.raises(LongctxError, match="has no MLM head"):
-        pretrain(**{**base, "model": str(bare)}, force=True)
+    with pytest.raises(LongctxError, match="has no MLM head .*; --mlm-head auto starts a fresh head"):
+        pretrain(**{**base, "model": str(bare)}, mlm_head="require", force=True)
     with pytest.raises(LongctxError, match="pass --source-model PATH, or --source-model none"):
         pretrain(**base, source_model=str(tmp_path / "gone"), force=True)
     # The CLI prints such mistakes as one line and exits 2.
@@ -254,7 +255,7 @@ def test_help_lists_every_field(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--train-file", "--block-size", "--gradient-checkpointing", "--no-recopy-global", "--resume",
-                 "--max-eval-blocks", "--source-model"):
+                 "--max-eval-blocks", "--source-model", "--mlm-head"):
         assert flag in text
 
 
@@ -274,3 +275,81 @@ def test_gradient_checkpointing_trains_the_same(long_dir, tmp_path, monkeypatch)
             for gc in (False, True)]
     assert len(calls) == 1  # only the second run recomputes activations
     assert runs[1]["after"]["trained"]["loss"] == pytest.approx(runs[0]["after"]["trained"]["loss"], abs=1e-5)
+
+
+# ------------------------------------------------------------------------ encoders without an MLM head
+
+
+def _head_params(model):
+    prefix = "cls." if hasattr(model, "cls") else "lm_head."
+    return {n: p for n, p in model.named_parameters(remove_duplicate=False) if n.startswith(prefix)}
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_new_head_is_tied_and_initialised_as_the_family_does(family, tiny_encoder_dir, tmp_path):
+    from longctx.models import load_mlm
+
+    bare = tiny_encoder_dir(family, mlm_head=False, max_positions=64)
+    long = tmp_path / "long"
+    to_long(str(bare), str(long), max_pos=128, attention_window=32)  # a LongformerModel: no lm_head
+    for folder in (bare, long):
+        with pytest.raises(LongctxError, match="has no MLM head"):
+            load_mlm(str(folder))
+        torch.manual_seed(0)
+        model, _, has_head = load_mlm(str(folder), new_head=True)
+        assert not has_head
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        params = _head_params(model)
+        assert params and all(torch.isfinite(p).all() for p in params.values())  # transformers left NaN bias
+        for name, p in params.items():
+            if name.endswith("decoder.weight"):
+                continue
+            if name.lower().replace("_", "").endswith("layernorm.weight"):
+                assert torch.equal(p, torch.ones_like(p)), name
+            elif name.endswith("dense.weight"):
+                assert 0.01 < p.std().item() < 0.03, name  # normal(0, initializer_range=0.02)
+            else:
+                assert torch.equal(p, torch.zeros_like(p)), name  # every bias
+        ids = torch.tensor([[2, 10, 11, 12, 3]])
+        assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_pretrain_starts_a_fresh_head_and_says_so(tiny_encoder_dir, tmp_path, warnings):
+    """A bare encoder converted to a LongformerModel (what `convert` writes for MiniLM): pretrain starts a
+    fresh head with a one-line notice, records it in metrics.json and the saved config, and learns."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    bare = tmp_path / "bare-long"
+    to_long(str(tiny_encoder_dir("roberta", mlm_head=False, max_positions=64)), str(bare), max_pos=256,
+            attention_window=64)
+    out = tmp_path / "run"
+    m = pretrain(**_small(model=str(bare), out=str(out), max_steps=20, learning_rate=3e-3))
+    # One record (deduplicated: it reaches caplog twice while the logger still propagates), one line.
+    notices = list({id(r): r.getMessage() for r in warnings.records if "no MLM head" in r.getMessage()}.values())
+    assert notices == [(f"{bare} has no MLM head: starting a fresh one (decoder tied to the input embeddings); "
+                        f"the 'before' loss is an untrained head's, not the source's MLM quality")]
+    before, after = m["before"]["converted"], m["after"]["trained"]
+    assert before["mlm_head"] == "new" and "untrained head" in before["note"]
+    assert "source" not in m["before"]  # a fresh head's loss is not comparable with any source
+    assert after["loss"] < before["loss"] - 0.5, (before["loss"], after["loss"])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["before"]["converted"]["mlm_head"] == "new"
+    assert AutoConfig.from_pretrained(out / "model").longctx["pretrained"]["mlm_head"] == "new"
+    model, info = AutoModelForMaskedLM.from_pretrained(out / "model", output_loading_info=True)
+    assert not info["missing_keys"]  # the trained head was saved with the model
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+@pytest.mark.slow
+def test_real_minilm_without_head_converts_and_learns(minilm_dir, tmp_path):
+    """MiniLM (a sentence encoder, no MLM head): convert -> pretrain a few steps, the loss falls."""
+    long = tmp_path / "minilm-long"
+    assert main(["convert", "--model", str(minilm_dir), "--out", str(long), "--max-pos", "1024",
+                 "--attention-window", "128"]) == 0
+    out = tmp_path / "run"
+    m = pretrain(model=str(long), out=str(out), train_file=[TRAIN], eval_file=VALID, block_size=256,
+                 max_eval_blocks=4, learning_rate=5e-4, warmup_steps=2, max_steps=12, per_device_train_batch_size=2,
+                 gradient_accumulation_steps=1, eval_steps=100, save_steps=100, logging_steps=4, precision="fp32")
+    before, after = m["before"]["converted"], m["after"]["trained"]
+    assert before["mlm_head"] == "new" and "source" not in m["before"]
+    assert after["loss"] < before["loss"] - 1.0, (before["loss"], after["loss"])

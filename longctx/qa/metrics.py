@@ -22,7 +22,7 @@ from typing import Literal, Mapping
 
 from longctx.common import LongctxError, log, read_json
 
-Format = Literal["squad", "triviaqa"]
+Format = Literal["squad", "triviaqa", "tydiqa"]
 
 _SQUAD_PUNCT = str.maketrans("", "", string.punctuation)
 _SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -212,6 +212,9 @@ def compute_metrics(predictions: Mapping[str, str], *, format: Format = "squad",
     - format "squad": SQuAD 2.0 figures when `longctx.data.squad.is_squad_v2(version, examples)`, else
       SQuAD 1.1's; `lang` switches to MLQA's normalisation for that language. `na_probs` (SQuAD 2.0 only)
       adds best_exact/best_f1.
+    - format "tydiqa", or SQuAD 1.1 data whose ids all start with a TyDi QA GoldP language
+      (`longctx.data.tydiqa.is_goldp`): SQuAD 1.1 per language, EM/F1 the mean over the languages
+      without English, plus the overall figures (`longctx.data.tydiqa.goldp_summary`).
     """
     if format == "triviaqa":
         if lang or na_probs is not None:
@@ -224,12 +227,21 @@ def compute_metrics(predictions: Mapping[str, str], *, format: Format = "squad",
         gold = [qa for part in triviaqa_gold.split(",") if part.strip()
                 for qa in load_qa_data(part.strip(), need_answers=True, for_scoring=True)]
         return evaluate_triviaqa(gold, dict(predictions), source=triviaqa_gold)
-    if format != "squad":
-        raise LongctxError(f"unknown data format {format!r} (expected squad or triviaqa)")
+    if format not in ("squad", "tydiqa"):
+        raise LongctxError(f"unknown data format {format!r} (expected squad, triviaqa or tydiqa)")
+    from longctx.data import tydiqa
     from longctx.data.squad import is_squad_v2
 
     if examples is None:
         raise LongctxError("SQuAD scoring needs the gold examples")
+    if format == "tydiqa" or (not is_squad_v2(version, examples) and tydiqa.is_goldp(examples)):
+        if lang or na_probs is not None:
+            raise LongctxError("lang and na_probs do not apply to TyDi QA GoldP: each language is scored with "
+                               "SQuAD 1.1's normalisation, as its official evaluation does")
+        groups = tydiqa.by_language(examples)
+        return tydiqa.goldp_summary(squad_v1(examples, predictions),
+                                    {g: squad_v1(qs, predictions) for g, qs in groups.items()},
+                                    {g: len(qs) for g, qs in groups.items()})
     if is_squad_v2(version, examples):
         return dict(squad_v2(examples, predictions, na_probs, lang=lang))
     if na_probs is not None:
@@ -252,7 +264,8 @@ def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str
             unset: official SQuAD normalisation.
         na_probs: SQuAD 2.0 only: JSON object {question id: probability of no answer}, which adds
             best_exact/best_f1 and their thresholds.
-        format: gold data format: squad (SQuAD/XQuAD/MLQA/TyDi QA layout) or triviaqa (official qa JSON,
+        format: gold data format: squad (SQuAD/XQuAD/MLQA layout; TyDi QA GoldP ids are recognised), tydiqa
+            (TyDi QA GoldP: per language, EM/F1 averaged without English) or triviaqa (official qa JSON,
             scored with the official TriviaQA metric per domain).
     """
     from longctx.data.squad import is_squad_v2, load_squad
@@ -266,7 +279,12 @@ def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str
 
     if lang is not None:
         _articles(lang)  # reject an unknown language before any loading
-    gold = load_squad(data)
+    if format == "tydiqa":
+        from longctx.data.tydiqa import load_tydiqa
+
+        gold = load_tydiqa(data)
+    else:
+        gold = load_squad(data)
     preds = read_predictions(predictions)
     known = {ex["id"] for ex in gold.examples}
     extra = [qid for qid in preds if qid not in known]
@@ -282,7 +300,8 @@ def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str
         unscored = next((ex["id"] for ex in gold.examples if ex["id"] in preds and ex["id"] not in probs), None)
         if unscored is not None:
             raise LongctxError(f"{na_probs}: question {unscored}: no no-answer probability")
-    result = compute_metrics(preds, examples=gold.examples, version=gold.version, lang=lang, na_probs=probs)
-    # As the official scripts print: v1.1 on one line, v2.0 indented.
-    print(json.dumps(result, indent=2 if v2 else None))
+    result = compute_metrics(preds, format=format, examples=gold.examples, version=gold.version, lang=lang,
+                             na_probs=probs)
+    # As the official scripts print: v1.1 on one line, v2.0 (and TyDi's per-language figures) indented.
+    print(json.dumps(result, indent=2 if v2 or "by_language" in result else None))
     return result

@@ -20,20 +20,44 @@ _FILLER = (
     "Engineers widened the canal so that larger boats could pass",
     "Visitors often remark on the painted ceilings of the town hall",
 )
-_AGENTS = ("Ada", "Boris", "Clara", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kofi", "Lena",
-           "Mateo", "Nadia", "Omar", "Priya", "Quentin", "Rosa", "Sven", "Tariq", "Ulla", "Viktor", "Wanda", "Yusuf")
-_CITIES = ("Paris", "London", "Berlin", "Tokyo", "Cairo", "Lima", "Oslo", "Rome", "Madrid", "Vienna", "Dublin",
-           "Prague", "Warsaw", "Athens", "Delhi", "Lisbon", "Quito", "Nairobi", "Hanoi", "Seoul")
+# Each fact is one agent's attribute; a context states one fact of each relation, for four different agents.
+# Training and held-out questions draw agents and values from disjoint halves of these pools (even / odd
+# positions), so a held-out score cannot come from memorising a name or an answer seen in training.
+# Every name and value is one MiniLM/BERT wordpiece and none occurs inside the filler or another value.
+_AGENTS = ("Ada", "Boris", "Clara", "Dmitri", "Elena", "Hugo", "Jonas", "Lena", "Mateo", "Nadia", "Omar", "Rosa",
+           "Sven", "Viktor", "Wanda", "Yusuf", "Anton", "Bianca", "Carlos", "Emil", "Fatima", "Gustav", "Igor",
+           "Julia", "Karim", "Marco", "Nina", "Oscar", "Paula", "Rafael", "Sonia", "Tomas", "Vera", "Walter",
+           "Alice", "Arthur", "Chloe", "Felix", "Grace", "Henry", "Isaac", "Lucy", "Olga", "Pablo", "Simon", "Zoe")
+_RELATIONS = (  # (fact before the value, question)
+    ("Agent {agent} lives in {value}.", "In which city does agent {agent} live?",
+     ("Paris", "London", "Berlin", "Tokyo", "Cairo", "Lima", "Oslo", "Rome", "Madrid", "Vienna", "Dublin", "Prague",
+      "Warsaw", "Athens", "Delhi", "Lisbon", "Nairobi", "Hanoi", "Seoul", "Moscow", "Sydney", "Toronto", "Boston",
+      "Munich", "Milan", "Naples", "Geneva", "Zurich", "Helsinki", "Stockholm", "Budapest", "Bangkok")),
+    ("Agent {agent} works as a {value}.", "What is the job of agent {agent}?",
+     ("pilot", "doctor", "singer", "judge", "baker", "lawyer", "nurse", "painter", "chef", "sailor", "dentist",
+      "actor", "journalist", "architect", "poet", "tailor", "banker", "butcher", "carpenter", "librarian",
+      "surgeon", "clerk", "soldier", "mechanic")),
+    ("Agent {agent} owns a {value}.", "Which animal does agent {agent} own?",
+     ("parrot", "dog", "horse", "rabbit", "goat", "turtle", "camel", "snake", "donkey", "pony", "lizard", "goose",
+      "whale", "canary", "sheep", "mouse", "duck", "owl", "monkey", "tiger", "wolf", "fox", "bear", "eagle")),
+    ("Agent {agent} was born in {value}.", "In which year was agent {agent} born?",
+     tuple(str(year) for year in range(1940, 2000))),
+)
 
 
-def long_qa_examples(n: int, min_words: int = 1500, max_words: int = 3000, facts: int = 3,
+def long_qa_examples(n: int, min_words: int = 520, max_words: int = 1000, held_out: bool = False,
                      seed: int = 0) -> list[dict]:
-    """Generated long-context QA: each context hides `facts` statements ("Agent Ada lives in Paris.")
-    at random places among filler sentences; the question asks for one of them.
+    """Generated long-context QA: each context hides four facts, one per relation and agent ("Agent Ada
+    lives in Paris.", "Agent Boris works as a pilot.", ...), at random places among filler sentences; the
+    question asks one of them by agent and relation, so the model must find that fact among the distractors
+    wherever it sits.
 
-    Answers can be anywhere in the context, so a model must read far beyond 512 tokens to find them.
-    Word counts are chosen so that contexts are roughly 2,000-4,000 wordpiece tokens."""
+    The default 520-1,000 words are about 600-1,200 wordpiece tokens (more than a 512-position encoder
+    reads at once): answers fall before and beyond token 512. `held_out=True` draws agents and values
+    from the other half of the pools (use it, with another seed, for evaluation questions)."""
     rng = random.Random(seed)
+    agents_pool = _AGENTS[held_out::2]
+    split = "eval" if held_out else "train"
     examples = []
     for i in range(n):
         sentences, words = [], 0
@@ -42,16 +66,16 @@ def long_qa_examples(n: int, min_words: int = 1500, max_words: int = 3000, facts
             sentence = rng.choice(_FILLER) + "."
             sentences.append(sentence)
             words += len(sentence.split())
-        agents = rng.sample(_AGENTS, facts)
-        cities = rng.sample(_CITIES, facts)
-        for agent, city in zip(agents, cities):
-            sentences.insert(rng.randrange(len(sentences) + 1), f"Agent {agent} lives in {city}.")
+        agents = rng.sample(agents_pool, len(_RELATIONS))
+        facts = [(fact.format(agent=agent, value=rng.choice(values[held_out::2])), question.format(agent=agent))
+                 for agent, (fact, question, values) in zip(agents, _RELATIONS)]
+        for fact, _ in facts:
+            sentences.insert(rng.randrange(len(sentences) + 1), fact)
         context = " ".join(sentences)
-        k = rng.randrange(facts)
-        fact = f"Agent {agents[k]} lives in {cities[k]}."
-        start = context.index(fact) + len(f"Agent {agents[k]} lives in ")
-        assert context[start:start + len(cities[k])] == cities[k]
-        examples.append({"id": f"long-{seed}-{i:05d}", "title": "generated", "context": context,
-                         "question": f"Where does agent {agents[k]} live?",
-                         "answers": {"text": [cities[k]], "answer_start": [start]}, "is_impossible": False})
+        fact, question = facts[rng.randrange(len(facts))]
+        answer = fact.rsplit(" ", 1)[1].rstrip(".")
+        start = context.index(fact) + len(fact) - len(answer) - 1
+        examples.append({"id": f"long-{split}-{seed}-{i:05d}", "title": "generated", "context": context,
+                         "question": question, "answers": {"text": [answer], "answer_start": [start]},
+                         "is_impossible": False})
     return examples

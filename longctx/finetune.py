@@ -206,6 +206,9 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         seed: random seed (model init, data order, dropout).
         resume: continue from the last checkpoint in out/checkpoints.
         force: reuse a non-empty out folder.
+
+    Example:
+        longctx finetune --model models/roberta-long --train-file train-v1.1.json --eval-file dev-v1.1.json --out runs/squad
     """
     # task: seq2seq never reaches this body: `_route` (below) sends it to the T5 verb on every route.
     config = resolved_config(finetune, dict(locals()))
@@ -321,6 +324,9 @@ def evaluate(*, model: str, data: str, out: str | None = None,
         lang: score with MLQA's language-aware normalisation for this answer language (e.g. de, zh).
         max_eval_samples: use only the first N questions.
         force: reuse a non-empty out folder.
+
+    Example:
+        longctx evaluate --model runs/squad/model --data xquad.de.json --lang de --out runs/xquad-de
     """
     import json
     import tempfile

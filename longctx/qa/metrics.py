@@ -254,6 +254,9 @@ def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str
             best_exact/best_f1 and their thresholds.
         format: gold data format: squad (SQuAD/XQuAD/MLQA/TyDi QA layout) or triviaqa (official qa JSON,
             scored with the official TriviaQA metric per domain).
+
+    Example:
+        longctx score --data dev-v2.0.json --predictions runs/squad2/predictions.json
     """
     from longctx.data.squad import is_squad_v2, load_squad
 

@@ -22,7 +22,6 @@ from typing import Any, Callable, Literal, get_args, get_origin
 from longctx.common import LongctxError, setup_logging
 from longctx.config import VERBS, invoke, load_recipe, parameters, resolve, select, strip_optional, type_hints
 
-
 SECTION = re.compile(r"^(Args|Returns|Raises|Example|Examples):\s*$")
 
 
@@ -60,7 +59,7 @@ def verb_summary(target: str) -> str:
     without importing it: `longctx --help` would otherwise import every verb module (numpy, datasets, ...)."""
     module, _, attr = target.partition(":")
     spec = importlib.util.find_spec(module)
-    tree = ast.parse(open(spec.origin, encoding="utf-8").read()) if spec and spec.origin else None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8")) if spec and spec.origin else None
     node = next((n for n in getattr(tree, "body", []) if getattr(n, "name", None) == attr), None) if attr else tree
     summary = doc_parts(ast.get_docstring(node) or "")[0] if node else ""
     summary = re.sub(r"^`[^`]*`:\s*", "", summary)  # a module's "`longctx kfp`: ..." prefix

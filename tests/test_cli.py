@@ -93,7 +93,7 @@ def _selected(verb: str, argv: list[str]):
 
 
 def test_underscore_spellings_still_work():
-    fn, values, _ = parse_command("finetune", ["--model", "m", "--out", "o", "--max_length", "128",
+    _, values, _ = parse_command("finetune", ["--model", "m", "--out", "o", "--max_length", "128",
                                                "--no-save_model", "--learning_rate=1e-4", "--eval-before"])
     assert values["max_length"] == "128" and values["save_model"] is False and values["eval_before"] is True
     assert values["learning_rate"] == "1e-4"

@@ -1,40 +1,100 @@
 """`longctx VERB ...`: each subcommand is built from a verb function's typed signature.
 
-Flags are the function's parameters (`max_pos` -> `--max-pos`), positional-only parameters become
-positional arguments, `--config recipe.yaml` supplies values from a recipe, and flags given on the
-command line override it. Expected mistakes (LongctxError) print one line and exit 2, no traceback.
+Flags are the function's parameters (`max_pos` -> `--max-pos`; `--max_pos` is accepted too but not shown),
+booleans are `--flag/--no-flag`, positional-only parameters become positional arguments, `--config
+recipe.yaml` supplies values from a recipe, and flags given on the command line override it. A verb's help
+is its docstring: the summary line, the `Args:` as flag help and the `Example:` section as the epilog.
+Expected mistakes (LongctxError) print one line and exit 2, no traceback.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import inspect
 import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Callable, Literal, get_args, get_origin
 
 from longctx.common import LongctxError, setup_logging
 from longctx.config import VERBS, invoke, load_recipe, parameters, resolve, select, strip_optional, type_hints
 
+SECTION = re.compile(r"^(Args|Returns|Raises|Example|Examples):\s*$")
 
-def _doc_parts(fn: Callable) -> tuple[str, dict[str, str]]:
-    """Summary line and per-argument help from a Google-style 'Args:' docstring section."""
-    doc = inspect.getdoc(fn) or ""
+
+def doc_parts(doc: str) -> tuple[str, dict[str, str], str]:
+    """Summary line, per-argument help (a Google-style `Args:` section) and the `Example:` section of a
+    docstring."""
+    doc = inspect.cleandoc(doc or "")
     summary = doc.split("\n\n")[0].replace("\n", " ")
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in doc.splitlines():
+        m = SECTION.match(line)
+        if m:
+            current = m.group(1).rstrip("s")  # Examples: as Example:
+            sections[current] = []
+        elif current and (line.startswith(" ") or not line.strip()):
+            sections[current].append(line)
+        else:
+            current = None  # unindented text ends a section
     helps: dict[str, str] = {}
-    if "Args:" in doc:
-        current = None
-        for line in doc.split("Args:", 1)[1].splitlines():
-            m = re.match(r"^\s{0,4}(\w+)(?: \([^)]*\))?:\s*(.*)$", line)
-            if m and not line.startswith("        "):
-                current = m.group(1)
-                helps[current] = m.group(2)
-            elif current and line.strip():
-                helps[current] += " " + line.strip()
-            elif not line.strip() and current:
-                current = None
-    return summary, helps
+    name = None
+    for line in sections.get("Arg", []):
+        m = re.match(r"^\s{0,4}(\w+)(?: \([^)]*\))?:\s*(.*)$", line)
+        if m and not line.startswith("        "):
+            name = m.group(1)
+            helps[name] = m.group(2)
+        elif name and line.strip():
+            helps[name] += " " + line.strip()
+    example = textwrap.dedent("\n".join(sections.get("Example", []))).strip()
+    return summary, helps, example
+
+
+def verb_summary(target: str) -> str:
+    """The summary line of a verb ("module:function") or of a group's module ("module"), read from the source
+    without importing it: `longctx --help` would otherwise import every verb module (numpy, datasets, ...)."""
+    module, _, attr = target.partition(":")
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8")) if spec and spec.origin else None
+    node = next((n for n in getattr(tree, "body", []) if getattr(n, "name", None) == attr), None) if attr else tree
+    summary = doc_parts(ast.get_docstring(node) or "")[0] if node else ""
+    summary = re.sub(r"^`[^`]*`:\s*", "", summary)  # a module's "`longctx kfp`: ..." prefix
+    return summary[:1].upper() + summary[1:]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's example lines as written (the description is wrapped by `command_parser`) and shows
+    a boolean once, as `--flag/--no-flag`."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, FlagAction):
+            return action.format_usage()
+        return super()._format_action_invocation(action)
+
+
+class FlagAction(argparse.BooleanOptionalAction):
+    def format_usage(self) -> str:
+        return "/".join(self.option_strings)
+
+
+def dashed(argv: list[str]) -> list[str]:
+    """`--max_pos=1` as `--max-pos=1`: flags are shown with dashes only, underscores are still accepted.
+
+    Only option words change (argparse reads any word starting with `--` as an option, never as a value),
+    and nothing after a bare `--`."""
+    out: list[str] = []
+    for i, word in enumerate(argv):
+        if word == "--":
+            return out + argv[i:]
+        if word.startswith("--"):
+            flag, eq, value = word.partition("=")
+            word = flag.replace("_", "-") + eq + value
+        out.append(word)
+    return out
 
 
 def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Parameter, tp: Any, help_: str) -> None:
@@ -43,17 +103,20 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Par
     help_ = help_.replace("%", "%%")  # argparse formats help strings with %
     kwargs: dict[str, Any] = {"help": help_, "default": argparse.SUPPRESS}
     if param.default is not inspect.Parameter.empty and param.default is not None:
-        kwargs["help"] = f"{help_} (default: {param.default})".strip()
+        shown = param.default
+        if isinstance(shown, str) and shown != shown.strip() or shown == "":  # "\n\n" would print as nothing
+            shown = repr(shown)
+        kwargs["help"] = f"{help_} (default: {shown})".strip()
     if param.kind is param.POSITIONAL_ONLY:
         if param.default is not inspect.Parameter.empty:
             kwargs["nargs"] = "?"
         parser.add_argument(name, metavar=name.upper(), **kwargs)
         return
-    flags = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+    flags = [f"--{name.replace('_', '-')}"]
     if name == "out":  # every verb's output: `-o` as in most tools
         flags.append("-o")
     if tp is bool:
-        kwargs["action"] = argparse.BooleanOptionalAction
+        kwargs["action"] = FlagAction
     elif origin in (list, tuple):
         kwargs["nargs"] = "+"
     elif origin is Literal:
@@ -62,26 +125,31 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, param: inspect.Par
 
 
 def build_parser(name: str | None = None) -> argparse.ArgumentParser:
-    """`longctx --help`, or for a verb with sub-verbs `name` (kfp) its own list of them."""
+    """`longctx --help`, or for a verb with sub-verbs `name` (kfp) its own list of them: one line per verb."""
     verbs = VERBS if name is None else VERBS[name]
     if name is None:
-        parser = argparse.ArgumentParser(prog="longctx", description="Long-context question answering toolkit.")
+        parser = argparse.ArgumentParser(prog="longctx", description="Long-context question answering toolkit.",
+                                         epilog="Run `longctx VERB --help` for a verb's flags and an example.",
+                                         formatter_class=HelpFormatter)
         parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        parser.add_argument("--version", action="store_true", help="print the version and exit")
     else:
-        module = importlib.import_module(next(iter(verbs.values())).partition(":")[0])
-        parser = argparse.ArgumentParser(prog=f"longctx {name}",
-                                         description=(inspect.getdoc(module) or "").split("\n\n")[0])
+        module = next(iter(verbs.values())).partition(":")[0]
+        parser = argparse.ArgumentParser(prog=f"longctx {name}", description=verb_summary(module),
+                                         formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for verb, target in verbs.items():
-        # A group's sub-verbs live in its module, imported above: their summaries cost nothing.
-        help_ = _doc_parts(resolve(target))[0].replace("%", "%%") if name else f"see `longctx {verb} --help`"
-        sub.add_parser(verb, help=help_, add_help=False)
+        if isinstance(target, dict):  # a group: its module's summary
+            target = next(iter(target.values())).partition(":")[0]
+        sub.add_parser(verb, help=verb_summary(target).replace("%", "%%"), add_help=False)
     return parser
 
 
 def command_parser(name: str, fn: Callable) -> argparse.ArgumentParser:
-    summary, helps = _doc_parts(fn)
-    parser = argparse.ArgumentParser(prog=f"longctx {name}", description=summary.replace("%", "%%"))
+    summary, helps, example = doc_parts(inspect.getdoc(fn) or "")
+    parser = argparse.ArgumentParser(prog=f"longctx {name}", description=textwrap.fill(summary.replace("%", "%%")),
+                                     epilog="Example:\n" + textwrap.indent(example, "  ") if example else None,
+                                     formatter_class=HelpFormatter)
     if "config" not in parameters(fn):
         parser.add_argument("--config", help="YAML recipe with values for these fields", default=None)
     hints = type_hints(fn)
@@ -95,6 +163,7 @@ def parse_command(name: str, argv: list[str]) -> tuple[Callable, dict[str, Any],
 
     A routed verb (finetune's `task`) is resolved first from its field alone, so the flags are the selected
     function's own (`--task seq2seq --max-source-length 512`)."""
+    argv = dashed(argv)
     fn = resolve(name)
     field = getattr(fn, "route_field", None)
     if field:
@@ -129,6 +198,11 @@ def _verb_words(argv: list[str]) -> tuple[str, list[str]] | int:
                 return " ".join(argv[:depth + 1]), argv[depth + 1:]
             group, words = word, words[word]
             continue
+        if group is None and word == "--version":
+            from longctx import __version__
+
+            print(f"longctx {__version__}")
+            return 0
         parser = build_parser(group)
         if word is None or word in ("-h", "--help"):
             parser.print_help()

@@ -29,6 +29,7 @@ VERBS: dict[str, str | dict[str, str]] = {
     "finetune": "longctx.finetune:finetune",
     "evaluate": "longctx.finetune:evaluate",
     "score": "longctx.qa.metrics:score",
+    "concat": "longctx.data.concat:concat_dataset",
     "sweep": "longctx.sweep:sweep",
     "report": "longctx.report:report",
     "kfp": {"compile": "longctx.kfp:compile_pipeline", "pytorchjob": "longctx.kfp:render_pytorchjob",

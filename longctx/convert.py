@@ -155,6 +155,9 @@ def convert(*, model: str, out: str, max_pos: int = 4096, attention_window: int 
         max_pos: number of positions of the converted model (a multiple of the attention window).
         attention_window: sliding-window size per layer (tokens attend to window/2 on each side).
         force: overwrite a non-empty output folder.
+
+    Example:
+        longctx convert --model roberta-base --out models/roberta-long --max-pos 4096
     """
     logging.getLogger("longctx").setLevel(logging.INFO)
     to_long(model, out, max_pos=max_pos, attention_window=attention_window, force=force)

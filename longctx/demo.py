@@ -60,6 +60,9 @@ def demo(*, out: str | None = None, model: str | None = None, max_pos: int = 409
         batch_size: questions per training step.
         precision: auto (bf16 where the CPU or GPU computes it natively, else fp32), fp32, fp16 or bf16.
         seed: seed for data generation and training.
+
+    Example:
+        longctx demo --out runs/demo
     """
     from transformers import AutoTokenizer
 

@@ -5,10 +5,17 @@ The fast path is the default: windows padded per batch (not to max_length), trai
 length inside small random buckets, evaluation windows sorted by length, the precision policy's choice
 (longctx.precision: bf16 only where the hardware computes it natively), and longctx's exact SDPA attention
 for Longformer models.
+
+Tracking: the training loss and the QA scores (EM/F1, HasAns/NoAns for SQuAD 2.0, from longctx's decoding
+and the official metric) go to TensorBoard under out/tensorboard, and to W&B or MLflow with `report_to`;
+with `eval_steps` the model is evaluated during training and the checkpoint with the best F1 is kept and
+loaded at the end. A run ends with one line of its scores on stdout.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +26,12 @@ from longctx.config import resolved_config, routed
 from longctx.models import is_longformer, load_qa_model, load_tokenizer, model_max_tokens
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
+Tracker = Literal["tensorboard", "wandb", "mlflow", "none"]
+# Each tracker's package: the Trainer's own integration runs it (TensorBoard through `tensorboard_callback`, so
+# its files land in out/tensorboard).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+# The scores sent to trackers: EM and F1 in every variant (exact_match, exact, HasAns_f1, ...), not counts or times.
+SCORE = re.compile(r"(exact|exact_match|f1)$")
 
 
 def qa_trainer_class():
@@ -29,6 +42,18 @@ def qa_trainer_class():
         (`bucket_batches` > 0; see longctx.qa.batching for why not transformers' group_by_length)."""
 
         bucket_batches = 0
+        # () -> QA metrics of the evaluation set; set to evaluate with longctx's decoding during training.
+        qa_evaluation = None
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            # The Trainer's own evaluation is a loss over windows; QA is scored per question after decoding
+            # every window of a context, so evaluation during training (and the best checkpoint) uses that.
+            if self.qa_evaluation is None:
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.qa_evaluation().items() if SCORE.search(k)}
+            self.log(dict(metrics))
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
 
         def _get_train_sampler(self, train_dataset=None):
             # The Trainer drops columns the model does not take (our "length") before it asks for a sampler,
@@ -80,6 +105,46 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def trackers(report_to: list[str] | None, out: Path) -> tuple[list, list[str]]:
+    """(Trainer callbacks, TrainingArguments.report_to) for `report_to` (default: TensorBoard; none: nothing).
+
+    Checked before any model is loaded: a tracker asked for but not installed is a one-line error."""
+    names = list(report_to) if report_to else ["tensorboard"]
+    for name in names:
+        if name not in (*TRACKER_PACKAGES, "none"):
+            raise LongctxError(f"report_to: unknown tracker {name!r} (choose from {', '.join(TRACKER_PACKAGES)} or none)")
+        if name != "none" and importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+            raise LongctxError(f"report_to {name}: the {TRACKER_PACKAGES[name]} package is not installed "
+                               f"(pip install {TRACKER_PACKAGES[name]})")
+    if "none" in names:
+        if len(names) > 1:
+            raise LongctxError(f"report_to: 'none' cannot be combined with {', '.join(n for n in names if n != 'none')}")
+        return [], []
+    callbacks = [tensorboard_callback(out / "tensorboard")] if "tensorboard" in names else []
+    return callbacks, [n for n in names if n != "tensorboard"]
+
+
+def score_line(where: str, metrics: dict[str, Any]) -> str:
+    """One line of a run's scores: EM/F1, and HasAns/NoAns EM/F1 for SQuAD 2.0."""
+    em = metrics.get("exact_match", metrics.get("exact"))
+    parts = [f"{where}: EM {em:.2f}  F1 {metrics['f1']:.2f}"]
+    for subset in ("HasAns", "NoAns"):
+        if f"{subset}_f1" in metrics:
+            parts.append(f"{subset} EM {metrics[f'{subset}_exact']:.2f}  F1 {metrics[f'{subset}_f1']:.2f}")
+    return "  |  ".join(parts) + f"  ({metrics.get('eval_examples', metrics.get('total', '?'))} questions)"
+
+
+def _checkpointing(training: bool, eval_steps: int) -> dict[str, Any]:
+    """TrainingArguments for checkpoints: one per epoch; with `eval_steps`, one per evaluation, the best by QA F1
+    kept (save_total_limit never deletes it) and loaded when training ends."""
+    if not training:
+        return {"save_strategy": "no"}
+    if not eval_steps:
+        return {"save_strategy": "epoch"}
+    return {"eval_strategy": "steps", "eval_steps": eval_steps, "save_strategy": "steps", "save_steps": eval_steps,
+            "load_best_model_at_end": True, "metric_for_best_model": "f1", "greater_is_better": True}
+
+
 def _training_args(out: Path, precision: str, **kwargs):
     from transformers import TrainingArguments
 
@@ -91,7 +156,8 @@ def _training_args(out: Path, precision: str, **kwargs):
         # torchrun on CPU: DDP over gloo. accelerate would pick MPI instead when torch is built with it, which
         # cannot join torchrun's env:// rendezvous. (Not set in a single process: there it asks for a process group.)
         kwargs.setdefault("ddp_backend", "gloo")
-    args = TrainingArguments(output_dir=str(out / "checkpoints"), report_to="none", dataloader_num_workers=0,
+    args = TrainingArguments(output_dir=str(out / "checkpoints"), report_to=kwargs.pop("report_to", None) or "none",
+                             dataloader_num_workers=0,
                              save_strategy=kwargs.pop("save_strategy", "epoch"), save_total_limit=2,
                              logging_strategy="steps", **flags, **kwargs)
     return resolved, args
@@ -161,7 +227,7 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
              fast_attention: bool = True,
              gradient_checkpointing: bool = False, n_best: int = 20, max_answer_length: int = 30,
              null_threshold: float = 0.0, tune_threshold: bool = True, lang: str | None = None,
-             eval_before: bool = False,
+             eval_before: bool = False, eval_steps: int = 0, report_to: list[Tracker] | None = None,
              logging_steps: int = 50, save_model: bool = True, max_train_samples: int | None = None,
              max_eval_samples: int | None = None, seed: int = 42, resume: bool = False,
              force: bool = False) -> dict[str, Any]:
@@ -199,6 +265,10 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         tune_threshold: SQuAD 2.0: also report the best null threshold on the eval set.
         lang: score with MLQA's language-aware normalisation for this answer language (e.g. de, zh).
         eval_before: also evaluate before training (reported as metrics["before"]).
+        eval_steps: also evaluate every N optimizer steps (QA EM/F1 to the trackers), keep the checkpoint with
+            the best F1 and load it at the end (0: evaluate once, after training).
+        report_to: trackers of the loss and the QA scores: tensorboard (default, out/tensorboard), wandb,
+            mlflow (each needs its package installed), or none.
         logging_steps: log the training loss every N steps.
         save_model: save the fine-tuned model to out/model.
         max_train_samples: use only the first N training questions.
@@ -206,11 +276,18 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         seed: random seed (model init, data order, dropout).
         resume: continue from the last checkpoint in out/checkpoints.
         force: reuse a non-empty out folder.
+
+    Example:
+        longctx finetune --model models/roberta-long --train-file train-v1.1.json --eval-file dev-v1.1.json --out runs/squad
     """
     # task: seq2seq never reaches this body: `_route` (below) sends it to the T5 verb on every route.
     config = resolved_config(finetune, dict(locals()))
     if not train_file and not eval_file:
         raise LongctxError("nothing to do: give train_file and/or eval_file")
+    if eval_steps < 0 or (eval_steps and not (train_file and eval_file)):
+        raise LongctxError(f"eval_steps {eval_steps}: evaluating during training needs train_file and eval_file "
+                           f"and eval_steps > 0")
+    callbacks, report_to_trainer = trackers(report_to, Path(out))
     from transformers import set_seed
 
     from longctx.qa.features import QACollator, prepare_train_features
@@ -259,13 +336,24 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         per_device_eval_batch_size=per_device_eval_batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps, warmup_steps=warmup_steps,
         weight_decay=weight_decay, logging_steps=logging_steps, seed=seed, data_seed=seed,
-        save_strategy="epoch" if train_examples else "no")
-    trainer = qa_trainer_class()(model=qa_model, args=args, train_dataset=train_features,
-                                  data_collator=QACollator(tokenizer), processing_class=tokenizer,
-                                  callbacks=[tensorboard_callback(out_dir / "tensorboard")])
-    trainer.bucket_batches = bucket_batches if group_by_length else 0
+        report_to=report_to_trainer, **_checkpointing(bool(train_examples), eval_steps))
     decode = dict(max_length=max_length, doc_stride=doc_stride, global_attention=global_attention, n_best=n_best,
                   max_answer_length=max_answer_length)
+    triviaqa_file = eval_file if data_format == "triviaqa" else None
+    from datasets import Dataset
+
+    # eval_dataset only satisfies the Trainer's check for evaluation during training: QATrainer.evaluate scores
+    # the questions themselves (qa_evaluation below).
+    trainer = qa_trainer_class()(model=qa_model, args=args, train_dataset=train_features,
+                                  eval_dataset=Dataset.from_list(eval_examples) if eval_steps else None,
+                                  data_collator=QACollator(tokenizer), processing_class=tokenizer,
+                                  callbacks=callbacks)
+    trainer.bucket_batches = bucket_batches if group_by_length else 0
+    if eval_steps:
+        trainer.qa_evaluation = lambda: score_predictions(
+            eval_examples, predict_qa(trainer, tokenizer, eval_examples, version_2=version_2,
+                                      null_threshold=null_threshold, **decode).predictions,
+            version_2, triviaqa_file, lang)
     metrics: dict[str, Any] = {"model": model, "train_file": train_file, "eval_file": eval_file, "seed": seed}
     if eval_examples and eval_before:
         before = predict_qa(trainer, tokenizer, eval_examples, version_2=version_2, null_threshold=null_threshold,
@@ -282,6 +370,11 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         metrics["train"]["real_tokens"] = int(sum(train_features["length"]))  # non-pad tokens per epoch
         metrics["train"]["examples"] = len(train_examples)
         metrics["train"]["world_size"] = args.world_size  # processes (torchrun ranks) that trained
+        if eval_steps:
+            metrics["evaluations"] = [{k.removeprefix("eval_"): v for k, v in entry.items()}
+                                      for entry in trainer.state.log_history if "eval_f1" in entry]
+            metrics["train"]["best_f1"] = trainer.state.best_metric
+            metrics["train"]["best_step"] = trainer.state.best_global_step  # its weights are the ones saved below
         if save_model and trainer.is_world_process_zero():
             trainer.save_model(str(out_dir / "model"))
     if eval_examples:
@@ -289,9 +382,17 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
             trainer, tokenizer, eval_examples, out_dir, version_2=version_2, tune_threshold=tune_threshold,
             null_threshold=null_threshold, triviaqa_file=eval_file if data_format == "triviaqa" else None,
             lang=lang, **decode)
+        # The final scores go to the trackers too, at the last step (the Trainer only logged the loss).
+        trainer.log({f"eval_{k}": v for k, v in metrics["eval"].items() if SCORE.search(k)})
+    for callback in callbacks:  # the TensorBoard writer reopened for that entry: close it so the file is complete
+        if getattr(callback, "tb_writer", None) is not None:
+            callback.tb_writer.close()
+            callback.tb_writer = None
     if trainer.is_world_process_zero():
         write_json(out_dir / "run.json", run_metadata(config, seed, precision=resolved_precision))
         write_json(out_dir / "metrics.json", metrics)
+        if eval_examples:
+            print(score_line(str(out_dir), metrics["eval"]), flush=True)
     return metrics
 
 
@@ -321,6 +422,9 @@ def evaluate(*, model: str, data: str, out: str | None = None,
         lang: score with MLQA's language-aware normalisation for this answer language (e.g. de, zh).
         max_eval_samples: use only the first N questions.
         force: reuse a non-empty out folder.
+
+    Example:
+        longctx evaluate --model runs/squad/model --data xquad.de.json --lang de --out runs/xquad-de
     """
     import json
     import tempfile

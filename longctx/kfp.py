@@ -42,7 +42,7 @@ from typing import Any, Iterator
 import yaml
 
 from longctx.common import LongctxError, log, write_text
-from longctx.config import verb_name
+from longctx.config import invoke, verb_name
 
 # Where the plan puts cell folders. In the pipeline, each task's folder is its output artifact (paths under
 # RUNS in a cell's fields are rewritten to the upstream task's artifact path); a PyTorchJob mounts the
@@ -307,6 +307,9 @@ def compile_pipeline(matrix: str, /, out: str, *, image: str | None = None, gpus
         gpus: GPUs per GPU task.
         cpu: CPU request of a GPU task (Kubernetes quantity).
         memory: memory request and limit of a GPU task (e.g. 64G).
+
+    Example:
+        longctx kfp compile experiments/thesis.yaml -o pipeline.yaml --image registry.example/longctx:0.1
     """
     compiler, _ = _import_kfp()
     if gpus < 0:
@@ -454,6 +457,9 @@ def render_pytorchjob(matrix: str, /, out: str, *, image: str | None = None, wor
         pvc: ReadWriteMany PersistentVolumeClaim with data/, runs/ and hf-cache/.
         cpu: CPU request of a pod (Kubernetes quantity).
         memory: memory request and limit of a pod (e.g. 64G).
+
+    Example:
+        longctx kfp pytorchjob experiments/thesis.yaml -o jobs.yaml --workers 3 --gpus 4
     """
     p = cluster_plan(matrix)
     image = image or default_image()
@@ -475,21 +481,28 @@ def render_pytorchjob(matrix: str, /, out: str, *, image: str | None = None, wor
 
 
 def concat_data(spec: str, out: str, /) -> dict[str, Any]:
-    """The pipeline's data step: build a matrix's concatenated dataset (the sweep's runs/_data/<name>/) in OUT.
+    """The pipeline's data step: `longctx concat` for each file of a matrix's concatenated dataset, into OUT.
 
     Args:
         spec: JSON {"sources": {key: SQuAD file}, "params": longctx.data.concat parameters}, as the compiled
             pipeline passes it.
         out: folder to write ({key}.json per source file and manifest.json).
+
+    Example:
+        longctx kfp concat-data '{"sources": {"eval": "dev-v1.1.json"}, "params": {"k": 3}}' sq3/
     """
     from longctx.common import write_json
-    from longctx.data.concat import concat_file
+    from longctx.data.concat import concat_dataset
 
     try:
         spec_ = json.loads(spec)
         sources, params = spec_["sources"], spec_["params"]
     except (ValueError, KeyError, TypeError) as e:
         raise LongctxError(f"concat-data: invalid spec ({e}): {spec[:200]}") from None
-    built = {key: concat_file(src, Path(out) / f"{key}.json", **params) for key, src in sources.items()}
+    # `longctx concat` per source file, bound as the CLI binds it. force: OUT is this step's own fresh artifact,
+    # and a retried step must be able to rebuild it.
+    built = {key: invoke(concat_dataset, {**params, "data": src, "out": str(Path(out) / f"{key}.json"), "force": True},
+                         source=f"concat-data {key}")
+             for key, src in sources.items()}
     write_json(Path(out) / "manifest.json", {"params": params, "sources": sources, "built": built})
     return built

@@ -313,6 +313,9 @@ def pretrain(
         force: start over in a non-empty output folder (removes an earlier run's outputs there).
         max_eval_blocks: evaluate only on the text covered by the first this many blocks.
         max_pos: deprecated name of block_size (accepted for one release, with a warning).
+
+    Example:
+        longctx pretrain --model models/roberta-long --out runs/roberta-long-mlm --max-steps 3000
     """
     names = inspect.signature(pretrain).parameters
     config = _normalised(resolved_config(pretrain, {k: v for k, v in locals().items() if k in names}))

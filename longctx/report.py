@@ -700,6 +700,9 @@ def report(runs_dir: str, /, *, out: str | None = None, title: str | None = None
             (files with other names are never touched).
         skip_invalid: leave out runs whose metrics.json, cell.json or run.json is malformed, each named in
             the report's notes (default: stop with an error naming the file and the field).
+
+    Example:
+        longctx report runs/thesis --out runs/thesis/report
     """
     root = Path(runs_dir)
     if not root.is_dir():

@@ -171,6 +171,9 @@ def finetune_seq2seq(*, model: str, out: str, train_file: str | None = None, eva
         max_eval_samples: use only the first N evaluation questions.
         resume: continue from the last checkpoint in out/checkpoints.
         force: reuse a non-empty out folder (its checkpoints/ and tensorboard/ are cleared).
+
+    Example:
+        longctx finetune --task seq2seq --model t5-small --train-file train-v1.1.json --eval-file dev-v1.1.json --out runs/t5
     """
     config = resolved_config(finetune_seq2seq, dict(locals()))
     if not train_file and not eval_file:

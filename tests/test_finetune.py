@@ -156,3 +156,101 @@ def test_training_batches_come_from_the_bucketed_sampler(tiny_encoder_dir, tmp_p
     assert isinstance(loader.batch_sampler.sampler, BucketedLengthSampler)
     widths = [batch["input_ids"].shape[1] for batch in loader]
     assert sum(widths) < 0.8 * len(widths) * 64  # per-batch padding to similar lengths, not to the longest
+
+
+def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """TensorBoard scalars under `folder`: tag -> [(step, value)], over every event file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted(folder.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            found.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return found
+
+
+def test_evaluation_during_training_keeps_the_best_f1_and_tracks_qa_scores(tiny_encoder_dir, qa_files, tmp_path,
+                                                                          capsys):
+    """eval_steps: QA EM/F1 (longctx's decoding) at every evaluation and at the end in TensorBoard, the best-F1
+    checkpoint loaded at the end (the final scores are the best evaluation's), one line of scores on stdout."""
+    train, dev = qa_files
+    out = tmp_path / "run"
+    metrics = finetune(model=str(tiny_encoder_dir("bert", max_positions=128)), out=str(out), train_file=str(train),
+                       eval_file=str(dev), max_steps=6, eval_steps=2, save_model=False, **TINY)
+    evaluations = metrics["evaluations"]
+    assert [e["step"] for e in evaluations] == [2, 4, 6]
+    best = max(evaluations, key=lambda e: e["f1"])
+    assert metrics["train"]["best_f1"] == pytest.approx(best["f1"])
+    assert metrics["train"]["best_step"] == min(e["step"] for e in evaluations if e["f1"] == best["f1"])
+    # the model evaluated at the end is the best checkpoint's, scored the same way
+    assert metrics["eval"]["f1"] == pytest.approx(best["f1"], abs=1e-6)
+    assert metrics["eval"]["exact_match"] == pytest.approx(best["exact_match"], abs=1e-6)
+
+    scalars = _scalars(out / "tensorboard")
+    assert [step for step, _ in scalars["eval/f1"]] == [2, 4, 6, 6]  # three evaluations, then the final scores
+    assert [v for _, v in scalars["eval/f1"][:3]] == pytest.approx([e["f1"] for e in evaluations], abs=1e-4)
+    assert scalars["eval/f1"][-1][1] == pytest.approx(metrics["eval"]["f1"], abs=1e-4)
+    assert "eval/exact_match" in scalars and "train/loss" in scalars
+    assert "eval/loss" not in scalars  # the Trainer's window loss is not what chooses the checkpoint
+
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines[-1] == (f"{out}: EM {metrics['eval']['exact_match']:.2f}  F1 {metrics['eval']['f1']:.2f}"
+                         f"  (8 questions)")
+
+
+def test_final_scores_reach_tensorboard_without_training(tiny_encoder_dir, qa_files, tmp_path, capsys):
+    _, dev = qa_files
+    out = tmp_path / "eval-only"
+    metrics = finetune(model=str(tiny_encoder_dir("bert", max_positions=128)), out=str(out), eval_file=str(dev),
+                       **TINY)
+    scalars = _scalars(out / "tensorboard")
+    assert scalars["eval/f1"] == [(0, pytest.approx(metrics["eval"]["f1"], abs=1e-4))]
+    assert f"EM {metrics['eval']['exact_match']:.2f}" in capsys.readouterr().out
+    # report_to none: no tracker at all
+    quiet = tmp_path / "quiet"
+    finetune(model=str(tiny_encoder_dir("bert", max_positions=128)), out=str(quiet), eval_file=str(dev),
+             report_to=["none"], **TINY)
+    assert not (quiet / "tensorboard").exists()
+
+
+def test_score_line_shows_hasans_and_noans_for_squad_v2():
+    from longctx.finetune import score_line
+
+    v2 = {"exact": 70.0, "f1": 72.5, "total": 10, "HasAns_exact": 60.0, "HasAns_f1": 65.0, "HasAns_total": 5,
+          "NoAns_exact": 80.0, "NoAns_f1": 80.0, "NoAns_total": 5, "eval_examples": 10}
+    assert score_line("runs/x", v2) == ("runs/x: EM 70.00  F1 72.50  |  HasAns EM 60.00  F1 65.00  |  "
+                                        "NoAns EM 80.00  F1 80.00  (10 questions)")
+
+
+def test_tracker_choice_is_checked_before_any_model_is_loaded(qa_files, tmp_path, capsys, monkeypatch):
+    """report_to passes to the Trainer; one that is not installed is a one-line error, before any work."""
+    import importlib.util
+
+    from longctx.cli import main
+    from longctx.finetune import trackers
+
+    train, dev = qa_files
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    argv = ["finetune", "--model", str(tmp_path / "no-such-model"), "--train-file", str(train), "--eval-file",
+            str(dev)]
+    assert main(argv + ["--out", str(tmp_path / "a"), "--report-to", "wandb"]) == 2
+    err = capsys.readouterr().err
+    assert "report_to wandb: the wandb package is not installed (pip install wandb)" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+    assert main(argv + ["--out", str(tmp_path / "b"), "--report-to", "comet"]) == 2
+    assert "report_to" in capsys.readouterr().err
+    assert main(argv[:5] + ["--out", str(tmp_path / "c"), "--eval-steps", "5"]) == 2  # no eval file
+    assert "eval_steps 5" in capsys.readouterr().err
+    with pytest.raises(LongctxError, match="'none' cannot be combined"):
+        trackers(["none", "tensorboard"], tmp_path)
+    # installed trackers pass through to TrainingArguments.report_to; TensorBoard is our callback (its folder)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name in ("wandb", "mlflow") else real_find_spec(name, *a))
+    callbacks, report_to = trackers(["tensorboard", "wandb", "mlflow"], tmp_path)
+    assert report_to == ["wandb", "mlflow"]
+    assert [c.logging_dir for c in callbacks] == [str(tmp_path / "tensorboard")]
+    assert trackers(None, tmp_path)[1] == [] and len(trackers(None, tmp_path)[0]) == 1

@@ -2,7 +2,7 @@
 
 `concat(examples, k=3)` gives every question a context made of its own ("gold") paragraph and k-1
 distractor paragraphs, joined with a separator. The gold paragraph's slot is drawn uniformly among the k
-slots (seeded), answer_start is shifted by the gold paragraph's offset, every gold answer of every
+slots (seeded; `gold_position` can pin it first, in the middle or last), answer_start is shifted by the gold paragraph's offset, every gold answer of every
 question is kept, and SQuAD 2.0 impossible questions stay impossible. All questions of a paragraph share
 one long context, so the output has as many questions as the input, with the same ids and order.
 
@@ -18,6 +18,9 @@ paragraph and joined the paragraphs without a separator. Here every question is 
 
 XQuAD's languages list the same paragraphs in the same order, so with the same seed every language gets
 the same distractors and gold slots: XQ3 stays a parallel corpus.
+
+`longctx concat` (the verb `concat_dataset`) builds such a file from any SQuAD-format file; `longctx sweep`
+and the Kubeflow pipeline's data step build theirs through the same `concat_file`.
 """
 from __future__ import annotations
 
@@ -27,9 +30,10 @@ import random
 from pathlib import Path
 from typing import Any, Literal
 
-from longctx.common import LongctxError
+from longctx.common import LongctxError, log
 
 Distractors = Literal["neighbours", "random"]
+GoldPosition = Literal["random", "first", "middle", "last"]
 
 
 def _paragraphs(examples: list[dict]) -> tuple[list[tuple[str, str]], list[list[int]], list[list[int]]]:
@@ -74,8 +78,17 @@ def _neighbours(p: int, article: list[int], position: int, articles: list[list[i
     return chosen
 
 
+def gold_slot(gold_position: str, k: int, drawn: int) -> int:
+    """The gold paragraph's slot among k: `drawn` (uniform, seeded) for random, else the named slot."""
+    slots = {"random": drawn, "first": 0, "middle": k // 2, "last": k - 1}
+    if gold_position not in slots:
+        raise LongctxError(f"concat: gold_position must be one of {', '.join(slots)}, got {gold_position!r}")
+    return slots[gold_position]
+
+
 def concat(examples: list[dict], k: int = 3, distractors: Distractors = "neighbours", separator: str = "\n\n",
-           seed: int = 0, questions: Literal["all", "first"] = "all") -> list[dict]:
+           seed: int = 0, questions: Literal["all", "first"] = "all",
+           gold_position: GoldPosition = "random") -> list[dict]:
     """Give every question a context of its paragraph joined with k-1 distractor paragraphs (SQ3/XQ3).
 
     Args:
@@ -87,6 +100,8 @@ def concat(examples: list[dict], k: int = 3, distractors: Distractors = "neighbo
         seed: seed for the gold paragraph's slot and, with random distractors, their choice.
         questions: all (every question of every paragraph) or first (only each paragraph's first
             question, as the thesis did).
+        gold_position: slot of the question's own paragraph: random (uniform, seeded), first, middle or last.
+            The slot is drawn for every choice, so a seed gives the same distractors whatever the position.
 
     Returns:
         New records (same ids and order, other fields copied) with the long context and shifted answers.
@@ -97,6 +112,7 @@ def concat(examples: list[dict], k: int = 3, distractors: Distractors = "neighbo
         raise LongctxError(f"concat: distractors must be neighbours or random, got {distractors!r}")
     if questions not in ("all", "first"):
         raise LongctxError(f"concat: questions must be all or first, got {questions!r}")
+    gold_slot(gold_position, k, 0)  # a bad name fails before any work
     paragraphs, articles, by_paragraph = _paragraphs(examples)
     contexts = [c for _, c in paragraphs]
     if k > 1 and len(set(contexts)) < k:
@@ -109,7 +125,7 @@ def concat(examples: list[dict], k: int = 3, distractors: Distractors = "neighbo
     rng = random.Random(seed)
     long_context: dict[int, tuple[str, int]] = {}  # paragraph -> (joined text, offset of the gold paragraph)
     for p, context in enumerate(contexts):
-        slot = rng.randrange(k)
+        slot = gold_slot(gold_position, k, rng.randrange(k))
         if k == 1:
             long_context[p] = (context, 0)
             continue
@@ -155,7 +171,8 @@ def sha256(path: str | os.PathLike) -> str:
 
 
 def concat_file(source: str, out: str | os.PathLike, *, k: int = 3, distractors: Distractors = "neighbours",
-                separator: str = "\n\n", seed: int = 0, questions: Literal["all", "first"] = "all") -> dict[str, Any]:
+                separator: str = "\n\n", seed: int = 0, questions: Literal["all", "first"] = "all",
+                gold_position: GoldPosition = "random") -> dict[str, Any]:
     """Read a SQuAD-format file, `concat` it and write the result (official layout, atomically).
 
     Returns a small manifest: source, its sha256 (local files), the parameters and the counts."""
@@ -163,10 +180,41 @@ def concat_file(source: str, out: str | os.PathLike, *, k: int = 3, distractors:
 
     data = load_squad(source)
     examples = concat(data.examples, k=k, distractors=distractors, separator=separator, seed=seed,
-                      questions=questions)
+                      questions=questions, gold_position=gold_position)
     write_squad(examples, out, data.version)
     local = Path(source).is_file()
     return {"source": str(source), "source_sha256": sha256(source) if local else None, "k": k,
             "distractors": distractors, "separator": separator, "seed": seed, "questions": questions,
-            "version": data.version, "questions_in": len(data.examples), "questions_out": len(examples),
-            "out": str(out)}
+            "gold_position": gold_position, "version": data.version, "questions_in": len(data.examples),
+            "questions_out": len(examples), "out": str(out)}
+
+
+def concat_dataset(*, data: str, out: str, k: int = 3, distractors: Distractors = "neighbours",
+                   gold_position: GoldPosition = "random", separator: str = "\n\n", seed: int = 0,
+                   questions: Literal["all", "first"] = "all", force: bool = False) -> dict[str, Any]:
+    """Build a long-context QA file (SQ3/XQ3): each question's paragraph joined with k-1 distractors.
+
+    Args:
+        data: SQuAD-format JSON file (v1.1 or v2.0, e.g. SQuAD or an XQuAD language) or dataset name.
+        out: the SQuAD-format JSON file to write.
+        k: paragraphs per context (3 for SQ3/XQ3).
+        distractors: neighbours (nearest paragraphs of the same article, then of the following articles)
+            or random (anywhere in the data).
+        gold_position: slot of the question's own paragraph: random (uniform), first, middle or last.
+        separator: text between paragraphs.
+        seed: seed for the gold slot and random distractors (the same seed keeps XQuAD's languages parallel).
+        questions: all (every question) or first (each paragraph's first question, as the thesis did).
+        force: overwrite an existing out file.
+
+    Example:
+        longctx concat --data dev-v1.1.json --k 3 --distractors random --gold-position random --seed 0 --out sq3-dev.json
+    """
+    if Path(out).is_dir():
+        raise LongctxError(f"{out}: is a folder; give the JSON file to write")
+    if Path(out).exists() and not force:
+        raise LongctxError(f"{out}: exists (pass --force to overwrite)")
+    built = concat_file(data, out, k=k, distractors=distractors, separator=separator, seed=seed,
+                        questions=questions, gold_position=gold_position)
+    log.info("%s: %d questions (SQuAD %s) from %s, k=%d, %s distractors, gold %s, seed %d", out,
+             built["questions_out"], built["version"], data, k, distractors, gold_position, seed)
+    return built

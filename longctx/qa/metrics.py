@@ -267,6 +267,9 @@ def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str
         format: gold data format: squad (SQuAD/XQuAD/MLQA layout; TyDi QA GoldP ids are recognised), tydiqa
             (TyDi QA GoldP: per language, EM/F1 averaged without English) or triviaqa (official qa JSON,
             scored with the official TriviaQA metric per domain).
+
+    Example:
+        longctx score --data dev-v2.0.json --predictions runs/squad2/predictions.json
     """
     from longctx.data.squad import is_squad_v2, load_squad
 

@@ -53,6 +53,9 @@ def sweep(matrix: str, /, *, runs_dir: str | None = None, dry_run: bool = False,
             (otherwise its folder is moved aside and the cell starts over).
         keep_checkpoints: keep each finished cell's checkpoints/ folder (default: deleted once the cell is done).
         fail_fast: stop at the first failed cell (default: record it and go on with the others).
+
+    Example:
+        longctx sweep experiments/thesis.yaml --runs-dir runs/thesis --dry-run
     """
     p = make_plan(matrix, runs_dir=runs_dir, seeds=seeds, only=only, strict=not dry_run)
     if dry_run:

@@ -164,3 +164,54 @@ def test_xq3_is_parallel_across_languages(shared_file):
         # Each long context as the sequence of paragraph indices it is made of.
         layout[lang] = {e["id"]: tuple(contexts.index(p) for p in e["context"].split("\n\n")) for e in out}
     assert layout["en"] == layout["de"]
+
+
+@pytest.mark.parametrize("distractors", ["neighbours", "random"])
+def test_gold_position_pins_the_slot_and_keeps_the_distractors(distractors):
+    ex = _toy()
+    drawn = concat(ex, k=3, distractors=distractors, seed=4)
+    for position, slot in (("first", 0), ("middle", 1), ("last", 2)):
+        pinned = concat(ex, k=3, distractors=distractors, seed=4, gold_position=position)
+        _check_offsets(ex, pinned)
+        for old, new, free in zip(ex, pinned, drawn):
+            assert new["context"].split("\n\n")[slot] == old["context"], (position, new["context"])
+            # the same seed draws the same distractors whatever the gold position
+            assert set(new["context"].split("\n\n")) == set(free["context"].split("\n\n"))
+    assert concat(ex, k=3, distractors=distractors, seed=4, gold_position="random") == drawn
+    assert len({_slot(o, n, 3, "\n\n") for o, n in zip(ex, drawn)}) > 1  # random really varies the slot
+    with pytest.raises(LongctxError, match="gold_position must be one of random, first, middle, last"):
+        concat(ex, gold_position="centre")
+
+
+def test_concat_verb_builds_a_file_from_the_command_line(tmp_path, capsys, monkeypatch):
+    from longctx.cli import main
+    from longctx.config import VERBS
+    from longctx.data.concat import concat_dataset
+    from longctx.data.squad import load_squad, write_squad
+
+    monkeypatch.chdir(tmp_path)  # main() loads ./.env: not the checkout's
+    assert VERBS["concat"] == "longctx.data.concat:concat_dataset"
+    write_squad(_toy(), tmp_path / "toy.json", "2.0")
+    out = tmp_path / "toy3.json"
+    argv = ["concat", "--data", str(tmp_path / "toy.json"), "--k", "3", "--distractors", "random",
+            "--gold-position", "last", "--seed", "7", "--out", str(out)]
+    assert main(argv) == 0
+    built = load_squad(str(out))
+    assert built.version == "2.0"
+    expected = concat(load_squad(str(tmp_path / "toy.json")).examples, k=3, distractors="random", seed=7,
+                      gold_position="last")
+    assert {e["id"]: e["context"] for e in built.examples} == {e["id"]: e["context"] for e in expected}
+
+    # an existing file is not overwritten without --force; a folder is refused; errors are one line
+    before = out.read_bytes()
+    assert main(argv[:-4] + ["--seed", "8", "--out", str(out)]) == 2
+    assert "exists (pass --force to overwrite)" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(argv[:-4] + ["--seed", "8", "--out", str(out), "--force"]) == 0
+    assert out.read_bytes() != before
+    assert main(argv[:-2] + ["--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["concat", "--data", str(tmp_path / "missing.json"), "--out", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.json" in err and len(err.strip().splitlines()) == 1
+    manifest = concat_dataset(data=str(tmp_path / "toy.json"), out=str(tmp_path / "t.json"), k=2, seed=1)
+    assert manifest["gold_position"] == "random" and manifest["questions_out"] == 8

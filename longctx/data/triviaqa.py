@@ -416,8 +416,13 @@ def write_triviaqa_squad(data: TriviaQAData | list[dict], path: str | os.PathLik
     """Write the records as a SQuAD v1.1 JSON file (for `longctx finetune` and SQuAD tooling).
 
     The SQuAD layout has no place for `question_id`, `domain` or `aliases`; score with the original
-    qa file (`longctx score --format triviaqa`), whose keys `QuestionId--Filename` are these records' ids."""
+    qa file (`longctx score --format triviaqa`), whose keys `QuestionId--Filename` are these records' ids.
+    Every record needs an answer (read with train=True): SQuAD 1.1 has no unanswerable questions."""
     from longctx.data.squad import write_squad
 
     examples = data.examples if isinstance(data, TriviaQAData) else data
+    unanswered = next((ex["id"] for ex in examples if not ex["answers"]["text"]), None)
+    if unanswered is not None:
+        raise LongctxError(f"{path}: record {unanswered}: no answer in its document; a SQuAD 1.1 file cannot hold "
+                           f"it (read TriviaQA with train=True to drop such pairs)")
     return write_squad(examples, path, version="1.1")

@@ -146,6 +146,10 @@ def test_write_squad_json_loads_back(tmp_path):
     back = load_squad(str(out))
     assert [ex["id"] for ex in back.examples] == [ex["id"] for ex in data.examples]
     assert [ex["answers"] for ex in back.examples] == [ex["answers"] for ex in data.examples]
+    # evaluation pairs without an answer make no valid SQuAD 1.1 file: refused before anything is written
+    with pytest.raises(LongctxError, match=r"record tqa_b1--12/12_346.txt: no answer in its document"):
+        write_triviaqa_squad(read_triviaqa(str(WEB)), tmp_path / "web-dev.squad.json")
+    assert not (tmp_path / "web-dev.squad.json").exists()
 
 
 def test_hub_configs_become_official_layout(monkeypatch, tmp_path):

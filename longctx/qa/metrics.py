@@ -203,12 +203,14 @@ def read_predictions(path: str) -> dict[str, str]:
 
 def compute_metrics(predictions: Mapping[str, str], *, format: Format = "squad", examples: list[dict] | None = None,
                     version: str | None = None, lang: str | None = None,
-                    na_probs: Mapping[str, float] | None = None, triviaqa_gold: str | None = None) -> dict:
+                    na_probs: Mapping[str, float] | None = None, triviaqa_gold: str | None = None,
+                    triviaqa_fallback: bool = False) -> dict:
     """The one metric chooser: the official metric for the data's format, version and answer language.
 
     - format "triviaqa": the official TriviaQA metric (aliases, per domain) against `triviaqa_gold`, the
       original qa file(s) (comma-separated are pooled) or hub name: the flat (question, document) records
-      cannot be scored on their own.
+      cannot be scored on their own. `triviaqa_fallback` turns on the fallbacks of
+      `longctx.qa.triviaqa_metrics` (not the official metric; the result then says "fallback": true).
     - format "squad": SQuAD 2.0 figures when `longctx.data.squad.is_squad_v2(version, examples)`, else
       SQuAD 1.1's; `lang` switches to MLQA's normalisation for that language. `na_probs` (SQuAD 2.0 only)
       adds best_exact/best_f1.
@@ -223,7 +225,9 @@ def compute_metrics(predictions: Mapping[str, str], *, format: Format = "squad",
 
         gold = [qa for part in triviaqa_gold.split(",") if part.strip()
                 for qa in load_qa_data(part.strip(), need_answers=True, for_scoring=True)]
-        return evaluate_triviaqa(gold, dict(predictions), source=triviaqa_gold)
+        return evaluate_triviaqa(gold, dict(predictions), source=triviaqa_gold, fallback=triviaqa_fallback)
+    if triviaqa_fallback:
+        raise LongctxError("triviaqa_fallback applies to TriviaQA data (format triviaqa) only")
     if format != "squad":
         raise LongctxError(f"unknown data format {format!r} (expected squad or triviaqa)")
     from longctx.data.squad import is_squad_v2
@@ -238,7 +242,7 @@ def compute_metrics(predictions: Mapping[str, str], *, format: Format = "squad",
 
 
 def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str | None = None,
-          format: Format = "squad") -> dict:
+          format: Format = "squad", triviaqa_fallback: bool = False) -> dict:
     """Score predictions as the official SQuAD (or TriviaQA) scripts do and print their JSON.
 
     SQuAD 2.0 metrics are used when the file's version is 2.x or any question is impossible;
@@ -254,16 +258,22 @@ def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str
             best_exact/best_f1 and their thresholds.
         format: gold data format: squad (SQuAD/XQuAD/MLQA/TyDi QA layout) or triviaqa (official qa JSON,
             scored with the official TriviaQA metric per domain).
+        triviaqa_fallback: TriviaQA only, not the official metric: score a Wikipedia question without a
+            QuestionId prediction by its best QuestionId--Filename prediction, and a Web pair without its
+            own prediction by its question's QuestionId prediction (the output then says "fallback": true).
     """
     from longctx.data.squad import is_squad_v2, load_squad
 
     if format == "triviaqa":
         if lang or na_probs:
             raise LongctxError("--lang and --na-probs apply to SQuAD-format data, not TriviaQA")
-        result = compute_metrics(read_predictions(predictions), format="triviaqa", triviaqa_gold=data)
+        result = compute_metrics(read_predictions(predictions), format="triviaqa", triviaqa_gold=data,
+                                 triviaqa_fallback=triviaqa_fallback)
         print(json.dumps(result, indent=2))
         return result
 
+    if triviaqa_fallback:
+        raise LongctxError("--triviaqa-fallback applies to --format triviaqa only")
     if lang is not None:
         _articles(lang)  # reject an unknown language before any loading
     gold = load_squad(data)

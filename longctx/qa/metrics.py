@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import string
 import sys
@@ -190,9 +191,11 @@ def _read_str_map(path: str, what: str, kind: type | tuple[type, ...], kind_name
     if not isinstance(obj, dict):
         raise LongctxError(f"{path}: {what} must be a JSON object mapping question id to {kind_name}")
     for qid, value in obj.items():
-        if not isinstance(value, kind) or isinstance(value, bool):
+        # NaN and infinities (JSON extensions Python reads) would make every threshold comparison false.
+        if not isinstance(value, kind) or isinstance(value, bool) or (
+                isinstance(value, float) and not math.isfinite(value)):
             raise LongctxError(f"{path}: question {qid}: {what} value must be {kind_name}, "
-                               f"got {type(value).__name__}")
+                               f"got {value if isinstance(value, float) else type(value).__name__}")
     return obj
 
 
@@ -288,7 +291,7 @@ def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str
     if na_probs and not v2:
         raise LongctxError(f"{na_probs}: no-answer probabilities need SQuAD 2.0 data; {data} is 1.1")
     if na_probs:
-        probs = _read_str_map(na_probs, "no-answer probability", (int, float), "a number")
+        probs = _read_str_map(na_probs, "no-answer probability", (int, float), "a finite number")
         unscored = next((ex["id"] for ex in gold.examples if ex["id"] in preds and ex["id"] not in probs), None)
         if unscored is not None:
             raise LongctxError(f"{na_probs}: question {unscored}: no no-answer probability")

@@ -133,6 +133,8 @@ def _parse_file(path: Path) -> tuple[list[dict], str]:
                     for answer in _field(qa, "answers", list):
                         texts.append(_field(answer, "text", str))
                         starts.append(_field(answer, "answer_start", int))
+                        if starts[-1] < 0:
+                            raise _BadRecord(f"field 'answer_start' must be 0 or more, got {starts[-1]}")
                     # Strict: bool("false") is True, and a wrong flag switches metric, decoding and training.
                     impossible = qa.get("is_impossible")  # None: absent, decided below from the version
                     if "is_impossible" in qa and not isinstance(impossible, bool):
@@ -185,7 +187,7 @@ def _check(examples: list[dict], source: str, max_misaligned: float, version: st
             raise LongctxError(f"{source}: question {qid}: no answers but is_impossible is false")
         for text, start in zip(ex["answers"]["text"], ex["answers"]["answer_start"]):
             n_answers += 1
-            if start < 0 or context[start:start + len(text)] != text:
+            if context[start:start + len(text)] != text:
                 misaligned.append(qid)
     if misaligned:
         fraction = len(misaligned) / n_answers

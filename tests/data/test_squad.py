@@ -54,6 +54,7 @@ def test_loads_flat_records(tmp_path):
     (lambda d: qa(d, 1).pop("answers"), "question q2: missing field 'answers'"),
     (lambda d: qa(d, 1)["answers"][1].pop("answer_start"), "question q2: missing field 'answer_start'"),
     (lambda d: qa(d, 1)["answers"][0].update(answer_start="32"), "question q2: field 'answer_start' must be a int"),
+    (lambda d: qa(d, 1)["answers"][0].update(answer_start=-1), "question q2: field 'answer_start' must be 0 or more"),
     (lambda d: qa(d, 1).update(id="q1"), "question q1: duplicate question id"),
     (lambda d: d["data"][0]["paragraphs"][0].update(context="  "), "question q1: empty context"),
     # bool("false") is True: a string flag would have made this v1.1 file SQuAD 2.0

@@ -402,9 +402,13 @@ def convert_cases() -> list[Case]:
     cases.append(conv_case("config_unknown_type", folder_with({"model_type": "no-such-architecture"})))
     cases.append(conv_case("config_invalid_json", folder_with(b'{"model_type": "roberta",')))
     cases.append(conv_case("config_list", folder_with([{"model_type": "roberta"}])))
-    cases.append(conv_case("config_nested", folder_with(b"[" * 5000 + b"]" * 5000)))
+    cases.append(conv_case("config_nested", folder_with(b"[" * 5000 + b"]" * 5000),
+                           xfail="models.load_config catches OSError/ValueError only: transformers' json parse of "
+                                 "a 5,000-level config.json raises RecursionError (traceback)"))
     cases.append(conv_case("config_wrong_types", folder_with({"model_type": "roberta", "hidden_size": "big",
-                                                              "num_hidden_layers": [2]})))
+                                                              "num_hidden_layers": [2]}),
+                           xfail="models.load_config: transformers raises StrictDataclassFieldValidationError for "
+                                 "a config field of the wrong type (traceback)"))
 
     def a_file(src: Path, model):
         src.parent.mkdir(parents=True, exist_ok=True)
@@ -424,8 +428,10 @@ def convert_cases() -> list[Case]:
         (src / "model.safetensors").write_bytes(b"\x00" * 100)
         return src, src
 
-    cases.append(conv_case("truncated_safetensors", truncated_weights, needs_model=True))
-    cases.append(conv_case("garbage_safetensors", garbage_weights, needs_model=True))
+    torn = ("models.load_mlm lets safetensors' SafetensorError through: a truncated or garbage "
+            "model.safetensors gives a traceback instead of one line naming the file")
+    cases.append(conv_case("truncated_safetensors", truncated_weights, needs_model=True, xfail=torn))
+    cases.append(conv_case("garbage_safetensors", garbage_weights, needs_model=True, xfail=torn))
     return cases
 
 

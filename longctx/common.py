@@ -70,6 +70,8 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     path = Path(path)
+    if path.is_dir():
+        raise LongctxError(f"{path}: is a folder, not a {what}")
     if not path.is_file():
         raise LongctxError(f"{path}: {what} not found")
     try:
@@ -79,6 +81,8 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise LongctxError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
         raise LongctxError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except ValueError as e:  # after JSONDecodeError (a subclass): an integer of over 4,300 digits
+        raise LongctxError(f"{path}: cannot read the {what}: {str(e).split(';')[0]}") from None
     except RecursionError:  # json's recursive parser on thousands of nested brackets
         raise LongctxError(f"{path}: nested too deeply to be a {what}") from None
     except OSError as e:  # unreadable (permissions, a special file)

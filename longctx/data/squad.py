@@ -77,7 +77,7 @@ def load_squad(source: str, *, split: str | None = None, max_misaligned: float =
     else:
         examples, version = _load_hub(source, split or "validation")
         label = f"{source} ({split or 'validation'})"
-    _check(examples, label, max_misaligned)
+    _check(examples, label, max_misaligned, version)
     return SquadData(examples=examples, version=version, source=label)
 
 
@@ -133,7 +133,13 @@ def _parse_file(path: Path) -> tuple[list[dict], str]:
                     for answer in _field(qa, "answers", list):
                         texts.append(_field(answer, "text", str))
                         starts.append(_field(answer, "answer_start", int))
-                    impossible = bool(qa.get("is_impossible", False))
+                        if starts[-1] < 0:
+                            raise _BadRecord(f"field 'answer_start' must be 0 or more, got {starts[-1]}")
+                    # Strict: bool("false") is True, and a wrong flag switches metric, decoding and training.
+                    impossible = qa.get("is_impossible")  # None: absent, decided below from the version
+                    if "is_impossible" in qa and not isinstance(impossible, bool):
+                        raise _BadRecord(f"field 'is_impossible' must be true or false, got "
+                                         f"{type(impossible).__name__} {impossible!r:.40}")
                     examples.append({"id": qid, "title": title, "context": context, "question": question,
                                      "answers": {"text": texts, "answer_start": starts},
                                      "is_impossible": impossible})
@@ -144,11 +150,23 @@ def _parse_file(path: Path) -> tuple[list[dict], str]:
             where = " ".join(f"{name} {i}" for name, i in (("article", a), ("paragraph", p), ("question", q))
                              if i is not None)
         raise LongctxError(f"{path}: {where + ': ' if where else ''}{e}") from None
-    return examples, "2.0" if is_squad_v2(obj.get("version"), examples) else "1.1"
+    version = "2.0" if is_squad_v2(obj.get("version"), examples) else "1.1"
+    for ex in examples:
+        if ex["is_impossible"] is None:
+            # Absent: evaluate-v2.0.py decides "has an answer" by the answers list alone; do the same.
+            ex["is_impossible"] = version == "2.0" and not ex["answers"]["text"]
+    return examples, version
 
 
-def _check(examples: list[dict], source: str, max_misaligned: float) -> None:
-    """Duplicate ids and empty contexts fail; misaligned answer spans fail above `max_misaligned`."""
+def _check(examples: list[dict], source: str, max_misaligned: float, version: str) -> None:
+    """Duplicate ids, empty contexts and answer lists the version does not allow fail; misaligned answer
+    spans fail above `max_misaligned`.
+
+    SQuAD 1.1: every question has an answer (evaluate-v1.1.py crashes on an empty list, and silently scoring
+    such a question 0 hides a broken file). SQuAD 2.0: an unanswerable question has no answers, an answerable
+    one at least one (evaluate-v2.0.py counts a question as answerable by its answers list alone, so a
+    contradicting `is_impossible` would make training and scoring disagree)."""
+    v2 = is_squad_v2(version)
     seen: set[str] = set()
     misaligned: list[str] = []
     n_answers = 0
@@ -159,9 +177,17 @@ def _check(examples: list[dict], source: str, max_misaligned: float) -> None:
         seen.add(qid)
         if not context.strip():
             raise LongctxError(f"{source}: question {qid}: empty context")
+        n = len(ex["answers"]["text"])
+        if not v2 and not n:
+            raise LongctxError(f"{source}: question {qid}: no answers (SQuAD 1.1 needs at least one; "
+                               f"an unanswerable question needs \"is_impossible\": true, SQuAD 2.0)")
+        if v2 and ex["is_impossible"] and n:
+            raise LongctxError(f"{source}: question {qid}: is_impossible is true but it has {n} answer(s)")
+        if v2 and not ex["is_impossible"] and not n:
+            raise LongctxError(f"{source}: question {qid}: no answers but is_impossible is false")
         for text, start in zip(ex["answers"]["text"], ex["answers"]["answer_start"]):
             n_answers += 1
-            if start < 0 or context[start:start + len(text)] != text:
+            if context[start:start + len(text)] != text:
                 misaligned.append(qid)
     if misaligned:
         fraction = len(misaligned) / n_answers

@@ -74,7 +74,10 @@ def check_qa_json(qa: Any, source: str, *, need_answers: bool = False, need_ques
     if not isinstance(qa, dict) or not isinstance(qa.get("Data"), list):
         raise LongctxError(f"{source}: not a TriviaQA qa file (expected an object with a 'Data' list)")
     if qa.get("Domain") not in DOMAINS:
-        raise LongctxError(f"{source}: 'Domain' must be one of {', '.join(DOMAINS)}, got {qa.get('Domain')!r}")
+        raise LongctxError(f"{source}: 'Domain' must be one of {', '.join(DOMAINS)}, got {qa.get('Domain')!r:.60}")
+    # The verified-subset flags select what is scored: a string "false" would be read as true.
+    if not isinstance(qa.get("VerifiedEval", False), bool):
+        raise LongctxError(f"{source}: 'VerifiedEval' must be true or false")
     answered = [isinstance(d, dict) and "Answer" in d for d in qa["Data"]]
     answers_required = need_answers or any(answered)
     seen: set[str] = set()
@@ -84,10 +87,13 @@ def check_qa_json(qa: Any, source: str, *, need_answers: bool = False, need_ques
             raise LongctxError(f"{source}: {where}: not an object")
         qid = datum.get("QuestionId")
         if not isinstance(qid, str) or not qid:
-            raise LongctxError(f"{source}: {where}: missing 'QuestionId'")
+            raise LongctxError(f"{source}: {where}: " + ("missing 'QuestionId'" if qid is None
+                                                           else "'QuestionId' must be a non-empty string"))
         if qid in seen:
             raise LongctxError(f"{source}: {where}: duplicate QuestionId")
         seen.add(qid)
+        if not isinstance(datum.get("QuestionPartOfVerifiedEval", False), bool):
+            raise LongctxError(f"{source}: {where}: 'QuestionPartOfVerifiedEval' must be true or false")
         if need_questions and not isinstance(datum.get("Question"), str):
             raise LongctxError(f"{source}: {where}: missing 'Question'")
         if "Answer" in datum or answers_required:
@@ -108,6 +114,9 @@ def check_qa_json(qa: Any, source: str, *, need_answers: bool = False, need_ques
             for page in pages:
                 if not isinstance(page, dict) or not isinstance(page.get("Filename"), str) or not page["Filename"]:
                     raise LongctxError(f"{source}: {where}: every {key} entry needs a 'Filename'")
+                if not isinstance(page.get("DocPartOfVerifiedEval", False), bool):
+                    raise LongctxError(f"{source}: {where}: {page['Filename']}: 'DocPartOfVerifiedEval' must be "
+                                       f"true or false")
 
 
 def _verified_only(qa: dict) -> dict:
@@ -416,8 +425,13 @@ def write_triviaqa_squad(data: TriviaQAData | list[dict], path: str | os.PathLik
     """Write the records as a SQuAD v1.1 JSON file (for `longctx finetune` and SQuAD tooling).
 
     The SQuAD layout has no place for `question_id`, `domain` or `aliases`; score with the original
-    qa file (`longctx score --format triviaqa`), whose keys `QuestionId--Filename` are these records' ids."""
+    qa file (`longctx score --format triviaqa`), whose keys `QuestionId--Filename` are these records' ids.
+    Every record needs an answer (read with train=True): SQuAD 1.1 has no unanswerable questions."""
     from longctx.data.squad import write_squad
 
     examples = data.examples if isinstance(data, TriviaQAData) else data
+    unanswered = next((ex["id"] for ex in examples if not ex["answers"]["text"]), None)
+    if unanswered is not None:
+        raise LongctxError(f"{path}: record {unanswered}: no answer in its document; a SQuAD 1.1 file cannot hold "
+                           f"it (read TriviaQA with train=True to drop such pairs)")
     return write_squad(examples, path, version="1.1")

@@ -29,7 +29,9 @@ _CHUNK = 2048  # windows per numpy block: bounds memory for long windows (4096-t
 class QAPredictions:
     """Decoded answers of a set of examples, keyed by question id.
 
-    predictions: the answer text ("" = no answer: SQuAD 2.0 above the threshold, or no span at all).
+    predictions: the answer text ("" = no answer: SQuAD 2.0 above the threshold, or no span at all). Records
+        of one question over several documents (a `question_id` field: TriviaQA) also give that question
+        id the answer of its best-scoring document (see `_question_predictions`).
     nbest: up to n_best entries {text, probability, start_logit, end_logit, start, end} over all windows,
         best first; start/end are character offsets into the context (end exclusive). With version_2 the
         no-answer entry (text "", start/end None) is included. probability is a softmax over the listed scores.
@@ -314,8 +316,26 @@ def postprocess_predictions(examples: Any, features: Any, start_logits: Any, end
         else:
             predictions[qid] = span_text
         nbest[qid] = entries
+    if _has_field(examples, "question_id"):
+        question_ids = [str(q) for q in _column(examples, "question_id", "examples")]
+        for question, text in _question_predictions(ids, question_ids, spans, best_list).items():
+            predictions.setdefault(question, text)
     return QAPredictions(predictions=predictions, nbest=nbest, null_scores=null_scores, best_scores=best_scores,
                          span_predictions=spans, version_2=version_2)
+
+
+def _question_predictions(ids: list[str], question_ids: list[str], spans: dict[str, str],
+                          best: list[float]) -> dict[str, str]:
+    """{question id: best span text over its documents}: the highest span score (start + end logit) wins.
+
+    The official TriviaQA metric scores a Wikipedia question by the prediction keyed with its QuestionId
+    alone; choosing that answer is the reader's job, so it is done here from the scores, where the
+    metric cannot (its opt-in best-document fallback instead peeks at the gold answers)."""
+    chosen: dict[str, tuple[float, str]] = {}
+    for qid, question, score in zip(ids, question_ids, best):
+        if question not in chosen or score > chosen[question][0]:
+            chosen[question] = (score, spans[qid])
+    return {question: text for question, (_, text) in chosen.items()}
 
 
 def _has_field(data: Any, name: str) -> bool:

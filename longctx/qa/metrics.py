@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import string
 import sys
@@ -190,9 +191,11 @@ def _read_str_map(path: str, what: str, kind: type | tuple[type, ...], kind_name
     if not isinstance(obj, dict):
         raise LongctxError(f"{path}: {what} must be a JSON object mapping question id to {kind_name}")
     for qid, value in obj.items():
-        if not isinstance(value, kind) or isinstance(value, bool):
+        # NaN and infinities (JSON extensions Python reads) would make every threshold comparison false.
+        if not isinstance(value, kind) or isinstance(value, bool) or (
+                isinstance(value, float) and not math.isfinite(value)):
             raise LongctxError(f"{path}: question {qid}: {what} value must be {kind_name}, "
-                               f"got {type(value).__name__}")
+                               f"got {value if isinstance(value, float) else type(value).__name__}")
     return obj
 
 
@@ -203,12 +206,14 @@ def read_predictions(path: str) -> dict[str, str]:
 
 def compute_metrics(predictions: Mapping[str, str], *, format: Format = "squad", examples: list[dict] | None = None,
                     version: str | None = None, lang: str | None = None,
-                    na_probs: Mapping[str, float] | None = None, triviaqa_gold: str | None = None) -> dict:
+                    na_probs: Mapping[str, float] | None = None, triviaqa_gold: str | None = None,
+                    triviaqa_fallback: bool = False) -> dict:
     """The one metric chooser: the official metric for the data's format, version and answer language.
 
     - format "triviaqa": the official TriviaQA metric (aliases, per domain) against `triviaqa_gold`, the
       original qa file(s) (comma-separated are pooled) or hub name: the flat (question, document) records
-      cannot be scored on their own.
+      cannot be scored on their own. `triviaqa_fallback` turns on the fallbacks of
+      `longctx.qa.triviaqa_metrics` (not the official metric; the result then says "fallback": true).
     - format "squad": SQuAD 2.0 figures when `longctx.data.squad.is_squad_v2(version, examples)`, else
       SQuAD 1.1's; `lang` switches to MLQA's normalisation for that language. `na_probs` (SQuAD 2.0 only)
       adds best_exact/best_f1.
@@ -226,7 +231,9 @@ def compute_metrics(predictions: Mapping[str, str], *, format: Format = "squad",
 
         gold = [qa for part in triviaqa_gold.split(",") if part.strip()
                 for qa in load_qa_data(part.strip(), need_answers=True, for_scoring=True)]
-        return evaluate_triviaqa(gold, dict(predictions), source=triviaqa_gold)
+        return evaluate_triviaqa(gold, dict(predictions), source=triviaqa_gold, fallback=triviaqa_fallback)
+    if triviaqa_fallback:
+        raise LongctxError("triviaqa_fallback applies to TriviaQA data (format triviaqa) only")
     if format not in ("squad", "tydiqa"):
         raise LongctxError(f"unknown data format {format!r} (expected squad, triviaqa or tydiqa)")
     from longctx.data import tydiqa
@@ -250,7 +257,7 @@ def compute_metrics(predictions: Mapping[str, str], *, format: Format = "squad",
 
 
 def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str | None = None,
-          format: Format = "squad") -> dict:
+          format: Format = "squad", triviaqa_fallback: bool = False) -> dict:
     """Score predictions as the official SQuAD (or TriviaQA) scripts do and print their JSON.
 
     SQuAD 2.0 metrics are used when the file's version is 2.x or any question is impossible;
@@ -267,6 +274,9 @@ def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str
         format: gold data format: squad (SQuAD/XQuAD/MLQA layout; TyDi QA GoldP ids are recognised), tydiqa
             (TyDi QA GoldP: per language, EM/F1 averaged without English) or triviaqa (official qa JSON,
             scored with the official TriviaQA metric per domain).
+        triviaqa_fallback: TriviaQA only, not the official metric: score a Wikipedia question without a
+            QuestionId prediction by its best QuestionId--Filename prediction, and a Web pair without its
+            own prediction by its question's QuestionId prediction (the output then says "fallback": true).
 
     Example:
         longctx score --data dev-v2.0.json --predictions runs/squad2/predictions.json
@@ -276,10 +286,13 @@ def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str
     if format == "triviaqa":
         if lang or na_probs:
             raise LongctxError("--lang and --na-probs apply to SQuAD-format data, not TriviaQA")
-        result = compute_metrics(read_predictions(predictions), format="triviaqa", triviaqa_gold=data)
+        result = compute_metrics(read_predictions(predictions), format="triviaqa", triviaqa_gold=data,
+                                 triviaqa_fallback=triviaqa_fallback)
         print(json.dumps(result, indent=2))
         return result
 
+    if triviaqa_fallback:
+        raise LongctxError("--triviaqa-fallback applies to --format triviaqa only")
     if lang is not None:
         _articles(lang)  # reject an unknown language before any loading
     if format == "tydiqa":
@@ -299,7 +312,7 @@ def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str
     if na_probs and not v2:
         raise LongctxError(f"{na_probs}: no-answer probabilities need SQuAD 2.0 data; {data} is 1.1")
     if na_probs:
-        probs = _read_str_map(na_probs, "no-answer probability", (int, float), "a number")
+        probs = _read_str_map(na_probs, "no-answer probability", (int, float), "a finite number")
         unscored = next((ex["id"] for ex in gold.examples if ex["id"] in preds and ex["id"] not in probs), None)
         if unscored is not None:
             raise LongctxError(f"{na_probs}: question {unscored}: no no-answer probability")

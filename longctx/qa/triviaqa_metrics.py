@@ -12,11 +12,14 @@ Mirrors the official evaluation (mandarjoshi90/triviaqa, evaluation/triviaqa_eva
   scores 0 and still counts in the denominator; `common` counts the units that had one.
 - `VerifiedEval` files keep only the verified questions (and, for Web, the verified documents).
 
-Two additions for predictions made document by document (our readers emit one record per
-(question, document) pair, id `QuestionId--Filename`):
+By default nothing else is scored, so the numbers equal the official script's on every input
+(`longctx.qa.decode` adds a `QuestionId` prediction, the best-scoring answer over the question's
+documents, to predictions made document by document). Two fallbacks for other prediction files are
+an explicit option (`fallback=True`, `longctx score --triviaqa-fallback`); they change the score, and
+the result then carries `"fallback": true` and per-domain counts of where they applied:
 - Wikipedia: a question without a `QuestionId` prediction but with predictions for its documents
-  is scored by its **best document** (the highest EM and F1 over those documents). This is an
-  upper bound on picking one answer per question; the result says how many questions it applied to.
+  is scored by its **best document** (the highest EM and F1 over those documents, each maximised
+  separately): an upper bound on picking one answer per question.
 - Web: a pair without its own prediction uses the question's `QuestionId` prediction, if any.
 Several data files (e.g. wikipedia-dev.json and web-dev.json) are pooled into the overall
 numbers and also reported per domain.
@@ -56,11 +59,14 @@ def _doc_key(qid: str, filename: str) -> str:
     return f"{qid}--{filename}"
 
 
-def _score_domain(qa_files: list[dict], domain: str, predictions: dict[str, str]) -> tuple[list, dict]:
-    """Per-unit (em, f1, had_prediction) in the official order, plus counters for the domain block."""
+def _score_domain(qa_files: list[dict], domain: str, predictions: dict[str, str],
+                  fallback: bool) -> tuple[list, dict, int]:
+    """Per-unit (em, f1, had_prediction) in the official order, the domain block's extra fields, and how many
+    units had no official-key prediction but one the fallback would use (for a hint when it is off)."""
     units: list[tuple[bool, float, bool]] = []
-    best_document = from_question_key = 0
+    used = 0  # units scored through the fallback (fallback on) or that it would have scored (off)
     if domain == "Wikipedia":
+        # The official unit: one per QuestionId (a repeated id keeps its last answer, as the script's dict does).
         questions: dict[str, tuple[dict, list[str]]] = {}
         for qa in qa_files:
             for datum in qa["Data"]:
@@ -73,7 +79,9 @@ def _score_domain(qa_files: list[dict], domain: str, predictions: dict[str, str]
             else:
                 candidates = [predictions[k] for k in dict.fromkeys(_doc_key(qid, f) for f in filenames)
                               if k in predictions]
-                best_document += len(candidates) > 1
+                used += bool(candidates)
+                if not fallback:
+                    candidates = []
             if not candidates:
                 units.append((False, 0.0, False))
                 continue
@@ -88,19 +96,18 @@ def _score_domain(qa_files: list[dict], domain: str, predictions: dict[str, str]
         for key, (answer, qid) in pairs.items():
             prediction = predictions.get(key)
             if prediction is None and qid in predictions:
-                prediction = predictions[qid]
-                from_question_key += 1
+                used += 1
+                if fallback:
+                    prediction = predictions[qid]
             if prediction is None:
                 units.append((False, 0.0, False))
                 continue
             truths = ground_truths(answer)
             units.append((exact_match_score(prediction, truths), f1_score(prediction, truths), True))
-    extra = {"unit": "question" if domain == "Wikipedia" else "question-document pair"}
-    if domain == "Wikipedia":
-        extra["scored_by_best_document"] = best_document
-    else:
-        extra["pairs_from_question_key"] = from_question_key
-    return units, extra
+    extra: dict[str, Any] = {"unit": "question" if domain == "Wikipedia" else "question-document pair"}
+    if fallback:
+        extra["scored_by_best_document" if domain == "Wikipedia" else "pairs_from_question_key"] = used
+    return units, extra, used
 
 
 def _block(units: list[tuple[bool, float, bool]]) -> dict[str, Any]:
@@ -116,18 +123,22 @@ def _block(units: list[tuple[bool, float, bool]]) -> dict[str, Any]:
 
 
 def evaluate_triviaqa(dataset_json: dict | list[dict], predictions: dict[str, str], *,
-                      source: str = "TriviaQA data") -> dict[str, Any]:
+                      source: str = "TriviaQA data", fallback: bool = False) -> dict[str, Any]:
     """Score `predictions` against one or more official-layout TriviaQA dicts (as `read_qa_json` returns).
 
     Args:
         dataset_json: an official qa/*.json object ({"Data": [...], "Domain": "Wikipedia"|"Web", ...})
             or a list of them (pooled overall, reported per domain).
-        predictions: answer strings keyed `QuestionId` or `QuestionId--Filename`.
+        predictions: answer strings keyed `QuestionId` (Wikipedia) or `QuestionId--Filename` (Web), as the
+            official script reads them.
         source: how to name the data in error messages.
+        fallback: also score Wikipedia questions by their best document prediction and Web pairs by
+            their question's prediction (see the module docstring); not the official metric.
 
     Returns:
         {"exact_match", "f1", "common", "denominator", "pred_len", "gold_len", "domains": {domain: block}},
-        EM/F1 in percent; with one data file the first six equal the official script's output.
+        EM/F1 in percent; with one data file and `fallback` off the first six equal the official script's
+        output. With `fallback`, also "fallback": True and per-domain counts of the units it scored.
     """
     qa_files = dataset_json if isinstance(dataset_json, list) else [dataset_json]
     if not qa_files:
@@ -139,18 +150,29 @@ def evaluate_triviaqa(dataset_json: dict | list[dict], predictions: dict[str, st
         by_domain.setdefault(qa["Domain"], []).append(qa)
     all_units: list = []
     domains: dict[str, dict] = {}
+    unused: dict[str, int] = {}
     for domain, group in by_domain.items():
-        units, extra = _score_domain(group, domain, predictions)
+        units, extra, used = _score_domain(group, domain, predictions, fallback)
         all_units += units
         domains[domain] = {**_block(units), **extra}
+        unused[domain] = 0 if fallback else used
     if not all_units:
         raise LongctxError(f"{source}: no questions to score")
     result = {**_block(all_units), "pred_len": len(predictions), "gold_len": len(all_units), "domains": domains}
+    if fallback:
+        result["fallback"] = True
+        log.warning("TriviaQA fallbacks on: Wikipedia questions without a QuestionId prediction are scored by "
+                    "their best document, Web pairs without their own prediction by the question's; "
+                    "these scores are not the official metric's")
     missing = result["denominator"] - result["common"]
     if missing:
         log.warning(f"{missing} of {result['denominator']} scored units have no prediction and score 0")
-    best = domains.get("Wikipedia", {}).get("scored_by_best_document", 0)
-    if best:
-        log.info(f"Wikipedia: {best} question(s) had predictions for several documents and were scored by "
-                 f"their best document (an upper bound on choosing one answer per question)")
+    if unused.get("Wikipedia"):
+        log.warning(f"Wikipedia: {unused['Wikipedia']} question(s) have predictions keyed QuestionId--Filename "
+                    f"only; the official metric reads QuestionId keys and scores them 0 "
+                    f"(--triviaqa-fallback scores their best document instead)")
+    if unused.get("Web"):
+        log.warning(f"Web: {unused['Web']} (question, document) pair(s) have only a QuestionId prediction; the "
+                    f"official metric reads QuestionId--Filename keys and scores them 0 "
+                    f"(--triviaqa-fallback uses the question's prediction instead)")
     return result

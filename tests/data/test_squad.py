@@ -54,8 +54,19 @@ def test_loads_flat_records(tmp_path):
     (lambda d: qa(d, 1).pop("answers"), "question q2: missing field 'answers'"),
     (lambda d: qa(d, 1)["answers"][1].pop("answer_start"), "question q2: missing field 'answer_start'"),
     (lambda d: qa(d, 1)["answers"][0].update(answer_start="32"), "question q2: field 'answer_start' must be a int"),
+    (lambda d: qa(d, 1)["answers"][0].update(answer_start=-1), "question q2: field 'answer_start' must be 0 or more"),
     (lambda d: qa(d, 1).update(id="q1"), "question q1: duplicate question id"),
     (lambda d: d["data"][0]["paragraphs"][0].update(context="  "), "question q1: empty context"),
+    # bool("false") is True: a string flag would have made this v1.1 file SQuAD 2.0
+    (lambda d: qa(d, 0).update(is_impossible="false"), "question q1: field 'is_impossible' must be true or false, "
+                                                        "got str 'false'"),
+    (lambda d: qa(d, 1).update(is_impossible=0), "question q2: field 'is_impossible' must be true or false, got int"),
+    (lambda d: qa(d, 1).update(is_impossible=None), "question q2: field 'is_impossible' must be true or false"),
+    # answers per version: 1.1 needs one; 2.0 needs none when unanswerable and one when answerable
+    (lambda d: qa(d, 1).update(answers=[]), "question q2: no answers (SQuAD 1.1 needs at least one"),
+    (lambda d: (d.update(version="v2.0"), qa(d, 1).update(answers=[], is_impossible=False)),
+     "question q2: no answers but is_impossible is false"),
+    (lambda d: qa(d, 0).update(is_impossible=True), "question q1: is_impossible is true but it has 1 answer(s)"),
 ])
 def test_errors_name_the_file_and_the_record(tmp_path, edit, message):
     path = write(tmp_path, tiny(edit))
@@ -63,6 +74,25 @@ def test_errors_name_the_file_and_the_record(tmp_path, edit, message):
         load_squad(str(path))
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_v2_without_is_impossible_follows_the_answers_list(tmp_path):
+    """evaluate-v2.0.py decides "answerable" by the answers list; a v2 file without the flag loads the same way."""
+    data = tiny(lambda d: (d.update(version="v2.0"), qa(d, 1).update(answers=[])))
+    loaded = load_squad(str(write(tmp_path, data)))
+    assert [e["is_impossible"] for e in loaded.examples] == [False, True] and loaded.version == "2.0"
+
+
+def test_v1_empty_answers_no_longer_score_silently(tmp_path):
+    """Issue 14 #3: a v1.1 question with an empty answers list scored 0 unannounced (perfect predictions: EM 66.7)."""
+    from longctx.qa.metrics import score
+
+    data = tiny(lambda d: d["data"][0]["paragraphs"][0]["qas"].append(
+        {"id": "q3", "question": "Where?", "answers": []}))
+    path = write(tmp_path, data)
+    preds = write(tmp_path, {"q1": "Paris", "q2": "Eiffel Tower", "q3": "Paris"}, "preds.json")
+    with pytest.raises(LongctxError, match=rf"^{path}: question q3: no answers \(SQuAD 1.1"):
+        score(data=str(path), predictions=str(preds))
 
 
 def test_invalid_json_names_line_and_column(tmp_path):
@@ -107,8 +137,9 @@ def test_round_trip(tmp_path, version):
     data = tiny(lambda d: d["data"].append({"title": "Mars", "paragraphs": [
         {"context": "Mars is red.", "qas": [{"id": "m1", "question": "What colour is Mars?",
                                              "answers": [{"answer_start": 8, "text": "red"}]}]},
-        {"context": "Mars has two moons.", "qas": [{"id": "m2", "question": "Who lives on Mars?", "answers": [],
-                                                    "is_impossible": version == "2.0"}]}]}))
+        {"context": "Mars has two moons.", "qas": [
+            {"id": "m2", "question": "Who lives on Mars?", "answers": [], "is_impossible": True} if version == "2.0"
+            else {"id": "m2", "question": "How many moons?", "answers": [{"answer_start": 9, "text": "two"}]}]}]}))
     first = load_squad(str(write(tmp_path, data)))
     assert first.version == version
     out = write_squad(first.examples, tmp_path / "out" / "squad_round_trip.json", version)

@@ -146,6 +146,10 @@ def test_write_squad_json_loads_back(tmp_path):
     back = load_squad(str(out))
     assert [ex["id"] for ex in back.examples] == [ex["id"] for ex in data.examples]
     assert [ex["answers"] for ex in back.examples] == [ex["answers"] for ex in data.examples]
+    # evaluation pairs without an answer make no valid SQuAD 1.1 file: refused before anything is written
+    with pytest.raises(LongctxError, match=r"record tqa_b1--12/12_346.txt: no answer in its document"):
+        write_triviaqa_squad(read_triviaqa(str(WEB)), tmp_path / "web-dev.squad.json")
+    assert not (tmp_path / "web-dev.squad.json").exists()
 
 
 def test_hub_configs_become_official_layout(monkeypatch, tmp_path):
@@ -204,9 +208,47 @@ def test_metric_official_units_per_domain(tmp_path):
     assert (r["exact_match"], r["f1"], r["common"], r["denominator"]) == (
         100 * 2 / 3, 100 * 2.5 / 3, 3, 3)
     assert r["domains"]["Web"]["unit"] == "question-document pair"
-    # A question-level key answers every document of a Web question.
+    # The official script reads Web predictions by pair key only: a question-level key scores nothing ...
     r = evaluate_triviaqa(web, {"tqa_b1": "paris"})
+    assert (r["exact_match"], r["common"], r["denominator"]) == (0.0, 0, 3)
+    assert "fallback" not in r and "pairs_from_question_key" not in r["domains"]["Web"]
+    # ... unless the fallback is asked for, which the result then says.
+    r = evaluate_triviaqa(web, {"tqa_b1": "paris"}, fallback=True)
     assert (r["exact_match"], r["common"], r["domains"]["Web"]["pairs_from_question_key"]) == (100.0, 3, 3)
+    assert r["fallback"] is True
+
+
+def test_metric_default_is_official_on_both_keyings(shared_file, tmp_path, warnings):
+    """Issue 14 #13: on the official sample (one Web question, two documents) with predictions keyed both ways,
+    triviaqa_evaluation.py gives EM 50 / F1 50 / common 1: the pair without its own prediction scores 0."""
+    data = shared_file("triviaqa/triviaqa_sample.json")
+    preds = _write(tmp_path / "p.json", {"tc_33": "Sunset Boulevard", "tc_33--Andrew_Lloyd_Webber.txt": "Sunset Blvd"})
+    r = score(data=str(data), predictions=preds, format="triviaqa")
+    official = {"exact_match": 50.0, "f1": 50.0, "common": 1, "denominator": 2, "pred_len": 2, "gold_len": 2}
+    assert {k: r[k] for k in official} == official and "fallback" not in r
+    assert "1 (question, document) pair(s) have only a QuestionId prediction" in warnings.text
+    r = score(data=str(data), predictions=preds, format="triviaqa", triviaqa_fallback=True)
+    assert (r["exact_match"], r["common"], r["fallback"], r["domains"]["Web"]["pairs_from_question_key"]) == (
+        100.0, 2, True, 1)
+
+
+def test_metric_wikipedia_reads_question_keys_only(tmp_path):
+    """A Wikipedia question is scored by its QuestionId prediction only (one document or several)."""
+    wiki = json.loads(WIKI.read_text())
+    r = evaluate_triviaqa(wiki, {"tqa_w1--United_States.txt": "USA", "tqa_w2": "Beatles"})
+    assert (r["exact_match"], r["common"], r["denominator"]) == (50.0, 1, 2)
+    r = evaluate_triviaqa(wiki, {"tqa_w1--United_States.txt": "USA", "tqa_w2": "Beatles"}, fallback=True)
+    assert (r["exact_match"], r["common"], r["domains"]["Wikipedia"]["scored_by_best_document"]) == (100.0, 2, 1)
+    # the flag reaches the CLI; it is refused for SQuAD data
+    preds = _write(tmp_path / "p.json", {"tqa_w1--United_States.txt": "USA"})
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "longctx", "score", "--format", "triviaqa", "--data", str(WIKI),
+                          "--predictions", preds, "--triviaqa-fallback"], capture_output=True, text=True)
+    assert run.returncode == 0 and json.loads(run.stdout)["fallback"] is True, run.stderr
+    with pytest.raises(LongctxError, match="--triviaqa-fallback applies to --format triviaqa only"):
+        score(data=str(WIKI), predictions=preds, triviaqa_fallback=True)
 
 
 def test_metric_best_document_rule_and_pooling():
@@ -214,16 +256,17 @@ def test_metric_best_document_rule_and_pooling():
     web = json.loads(WEB.read_text())
     doc_preds = {"tqa_w1--United_States.txt": "the U.S.A", "tqa_w1--Flag_of_the_United_States.txt": "Canada",
                  "tqa_w2--Abbey_Road.txt": "Beatles band", "tqa_w2--Abbey_Road_Studios.txt": "Pink Floyd"}
-    r = evaluate_triviaqa(wiki, doc_preds)
+    assert evaluate_triviaqa(wiki, doc_preds)["common"] == 0  # official: no QuestionId keys, nothing scored
+    r = evaluate_triviaqa(wiki, doc_preds, fallback=True)
     # w1 by its best document (EM 1), w2 by "Beatles band" (F1 2/3).
     assert (r["exact_match"], r["f1"], r["common"]) == (50.0, 100 * (1 + 2 / 3) / 2, 2)
     assert r["domains"]["Wikipedia"]["scored_by_best_document"] == 2
     # The official per-question key wins over document keys.
-    r = evaluate_triviaqa(wiki, {**doc_preds, "tqa_w1": "Canada"})
+    r = evaluate_triviaqa(wiki, {**doc_preds, "tqa_w1": "Canada"}, fallback=True)
     assert r["exact_match"] == 0.0 and r["domains"]["Wikipedia"]["scored_by_best_document"] == 1
     # Both files: 2 Wikipedia questions + 3 Web pairs pooled; 12_346 has no prediction and scores 0.
     r = evaluate_triviaqa([wiki, web], {**doc_preds, "tqa_b1--Paris.txt": "Paris",
-                                        "tqa_b1--12/12_345.txt": "Paris, France"})
+                                        "tqa_b1--12/12_345.txt": "Paris, France"}, fallback=True)
     assert (r["exact_match"], r["f1"], r["common"], r["denominator"]) == (
         60.0, 100 * (1 + 2 / 3 + 1 + 1 + 0) / 5, 4, 5)
     assert r["domains"]["Wikipedia"]["exact_match"] == 50.0
@@ -233,7 +276,7 @@ def test_metric_best_document_rule_and_pooling():
 def test_metric_human_answers_and_verified_subset(tmp_path):
     web = json.loads(WEB.read_text())
     web["Data"][0]["Answer"]["HumanAnswers"] = ["The City of Lights"]
-    assert evaluate_triviaqa(web, {"tqa_b1": "city of lights"})["exact_match"] == 100.0
+    assert evaluate_triviaqa(web, {"tqa_b1--Paris.txt": "city of lights"})["f1"] == pytest.approx(100 / 3)
     web["VerifiedEval"] = True
     web["Data"][0]["QuestionPartOfVerifiedEval"] = True
     for page in web["Data"][0]["EntityPages"] + web["Data"][0]["SearchResults"]:
@@ -245,11 +288,11 @@ def test_metric_human_answers_and_verified_subset(tmp_path):
 
 
 def test_score_verb_prints_json_for_several_files(tmp_path, capsys):
-    preds = _write(tmp_path / "p.json", {"tqa_w1": "USA", "tqa_b1": "Paris"})
+    preds = _write(tmp_path / "p.json", {"tqa_w1": "USA", "tqa_b1--Paris.txt": "Paris", "tqa_b1--12/12_345.txt": "x"})
     r = score(data=f"{WIKI},{WEB}", predictions=preds, format="triviaqa")
     printed = json.loads(capsys.readouterr().out)
     assert printed == r
-    assert (r["denominator"], r["common"], r["exact_match"]) == (5, 4, 80.0)
+    assert (r["denominator"], r["common"], r["exact_match"]) == (5, 3, 40.0)
     assert set(r["domains"]) == {"Wikipedia", "Web"}
 
 

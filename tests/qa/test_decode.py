@@ -333,3 +333,26 @@ def test_tuned_threshold_reproduces_its_score(bert):
     tuned = postprocess_predictions(rows, features, start, end, version_2=True, null_threshold=threshold)
     assert [tuned.predictions[r["id"]] != "" for r in rows] == [True, True, True, False, False, False]
     assert squad_v2(rows, tuned.predictions)["f1"] == best_f1
+
+
+def test_question_id_records_also_answer_per_question(bert):
+    """TriviaQA records (one per question and document, `question_id` set) also give each question the answer of
+    its best-scoring document: the official metric reads Wikipedia predictions by QuestionId only."""
+    contexts = ["The river flows north.", "The sea lies west of the hills.", "Stone bridges cross the river."]
+    rows, features = make(bert, contexts)
+    for row, question in zip(rows, ["Q1", "Q1", "Q2"]):
+        row["question_id"] = question
+    start, end = noise(features, scale=0.01)
+    for w, qid in enumerate(features["example_id"]):  # a clear span per document; document q1 scores highest
+        offsets = features["offset_mapping"][w]
+        context = contexts[int(qid[1:])]
+        word = {"q0": "river", "q1": "west", "q2": "bridges"}[qid]
+        at = context.index(word)
+        start[w, token_at(offsets, at)] = end[w, token_at(offsets, at + len(word), first=False)] = (
+            {"q0": 5.0, "q1": 8.0, "q2": 3.0}[qid])
+    preds = postprocess_predictions(rows, features, start, end)
+    assert preds.predictions == {"q0": "river", "q1": "west", "q2": "bridges", "Q1": "west", "Q2": "bridges"}
+    assert set(preds.nbest) == {"q0", "q1", "q2"}  # per-record outputs stay per record
+    for row in rows:
+        del row["question_id"]
+    assert set(postprocess_predictions(rows, features, start, end).predictions) == {"q0", "q1", "q2"}

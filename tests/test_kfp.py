@@ -1,17 +1,15 @@
 """`longctx kfp`: the Kubeflow pipeline and the PyTorchJob manifests rendered from a sweep matrix.
 
-The pipeline tests need the kfp SDK (`pip install 'longctx[kfp]'`) and skip with the reason without it.
-Besides loading the compiled YAML back, they execute every compiled step in dependency order with a stub
-`longctx` on PATH, so the shell glue (recipe file, upstream artifact paths, report layout) is checked too.
+The pipeline tests need the kfp SDK and kfp-kubernetes (`pip install 'longctx[kfp]'`) and skip with the
+reason without them. Besides reading the compiled YAML back, one runs it end to end with kfp.local's
+SubprocessRunner on a tiny matrix, a temporary folder standing in for the volume.
 """
 from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -54,12 +52,6 @@ def matrix(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def kfp_sdk():
     return pytest.importorskip("kfp", reason="kfp is not installed (pip install 'longctx[kfp]')")
-
-
-def compile_(matrix: Path, *extra: str) -> dict:
-    out = matrix.parent / "pipeline.yaml"
-    assert main(["kfp", "compile", str(matrix), "-o", str(out), "--image", "registry.example/longctx:0.1", *extra]) == 0
-    return yaml.safe_load(out.read_text())
 
 
 def _docs(path: Path) -> tuple[dict, dict]:
@@ -176,7 +168,8 @@ LOCAL_MATRIX = {
     "models": {"base": {"model": "${MODEL_DIR}/tiny"},
                "long": {"model": "${MODEL_DIR}/tiny", "convert": {"max_pos": 128, "attention_window": 16}}},
     "datasets": {"qa": {"train_file": "${DATA_DIR}/qa/train.json", "eval_file": "${DATA_DIR}/qa/dev.json"},
-                 "qa3": {"concat": {"source": "qa", "k": 2}, "model_from": "qa", "models": ["long"]}},
+                 "xq": {"model_from": "qa", "models": ["long"], "eval_files": {"de": "${DATA_DIR}/qa/dev.json"}},
+                 "xq3": {"concat": {"source": "xq", "k": 2}, "model_from": "qa", "models": ["long"]}},
 }
 
 
@@ -193,6 +186,9 @@ def test_pipeline_runs_end_to_end_under_kfp_local(tmp_path, workspace_root, monk
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # With the checkout on sys.path, `import docker` finds its docker/ folder (a namespace package) and kfp.local's
+    # probe for the Docker SDK fails on it; None makes the probe see "not installed" (DockerRunner is not used).
+    monkeypatch.setitem(sys.modules, "docker", None)
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(yaml.safe_dump(LOCAL_MATRIX))
     plan = cluster_plan(matrix, root=workspace_root)
@@ -204,19 +200,20 @@ def test_pipeline_runs_end_to_end_under_kfp_local(tmp_path, workspace_root, monk
     runs = workspace_root / "runs"
     cells = [c.name for c in plan.cells]
     assert sorted(cells) == sorted(["_models/long/convert", "base/qa/seed-1", "base/qa/seed-2", "long/qa/seed-1",
-                                    "long/qa/seed-2", "long/qa3/seed-1", "long/qa3/seed-2"])
+                                    "long/qa/seed-2", "long/xq-de/seed-1", "long/xq-de/seed-2",
+                                    "long/xq3-de/seed-1", "long/xq3-de/seed-2"])
     for name in cells:
         record = json.loads((runs / name / "cell.json").read_text())
         assert record["status"] == "done" and record["cell"] == name, name
         assert not (runs / name / "checkpoints").exists(), name
-    evaluated = json.loads((runs / "long/qa3/seed-1/metrics.json").read_text())
+    evaluated = json.loads((runs / "long/xq3-de/seed-1/metrics.json").read_text())
     assert evaluated["model"] == str(runs / "long/qa/seed-1/model")  # the fine-tuned model, read from the volume
     (data,) = (runs / "_data").iterdir()
     assert json.loads((data / "manifest.json").read_text())["params"]["k"] == 2
     report = json.loads((runs / "report" / "report.json").read_text())
     rows = {(r["model"], r["dataset"]): r["n"] for r in report["rows"]}
-    assert rows == {("base", "qa"): 2, ("long", "qa"): 2, ("long", "qa3"): 2}
-    assert "qa3" in (runs / "report" / "report.md").read_text()
+    assert rows == {("base", "qa"): 2, ("long", "qa"): 2, ("long", "xq-de"): 2, ("long", "xq3-de"): 2}
+    assert "xq3-de" in (runs / "report" / "report.md").read_text()
 
 
 def _item_json(cell: dict, out: Path) -> str:
@@ -277,6 +274,10 @@ def test_pytorchjob_manifests(matrix):
                                               "limits": {"memory": "40Gi", "nvidia.com/gpu": 4}}
             assert "exec torchrun -m longctx finetune --config /etc/longctx/" in container["command"][2]
             assert {"name": "workspace", "persistentVolumeClaim": {"claimName": "shared"}} in pod["volumes"]
+            assert {"name": "workspace", "mountPath": "/models", "subPath": "models"} in container["volumeMounts"]
+            # exit codes 1-127 (longctx's 2: a configuration error) are permanent; signals (OOM, eviction) restart
+            assert replicas[role]["restartPolicy"] == "ExitCode"
+        assert job["spec"]["runPolicy"]["backoffLimit"] == 3
     job = next(j for j in jobs if j["metadata"]["labels"]["longctx/model"] == "long"
                and j["metadata"]["labels"]["longctx/dataset"] == "squad" and j["metadata"]["labels"]["longctx/seed"] == "1")
     command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"][2]
@@ -305,6 +306,25 @@ def test_pytorchjob_restart_resumes_from_a_checkpoint(matrix, tmp_path):
     assert again.strip().endswith("--resume")
 
 
+def test_pytorchjob_pod_exits_with_the_verbs_status(matrix, tmp_path):
+    """The pod's exit status is the command's own (exec), so the operator's ExitCode policy sees a
+    configuration error (2) as permanent; --backoff-limit bounds the restarts of killed pods."""
+    from longctx.kfp import cluster_plan, pytorchjob_manifests
+
+    _, job, *_ = pytorchjob_manifests(cluster_plan(matrix), "img:1", workers=0, backoff_limit=0)
+    assert job["spec"]["runPolicy"]["backoffLimit"] == 0
+    script = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"][2]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "torchrun").write_text("#!/bin/sh\nexit 2\n")  # what torchrun returns for longctx's exit 2
+    (bin_dir / "torchrun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["sh", "-c", script.replace("/runs/", f"{tmp_path}/runs/")], env=env)
+    assert result.returncode == 2
+    with pytest.raises(LongctxError, match="backoff-limit"):
+        pytorchjob_manifests(cluster_plan(matrix), "img:1", backoff_limit=-1)
+
+
 def test_concat_data_step_builds_the_sweep_files(tmp_path, monkeypatch):
     from longctx.kfp import concat_data
 
@@ -321,6 +341,13 @@ def test_concat_data_step_builds_the_sweep_files(tmp_path, monkeypatch):
     assert main(["kfp", "concat-data", spec, str(tmp_path / "sq3")]) == 0
     built = json.loads((tmp_path / "sq3" / "eval.json").read_text())
     assert built["data"] and (tmp_path / "sq3" / "manifest.json").is_file()
+    # a retried step keeps what is built; a different spec for the same folder is refused
+    before = (tmp_path / "sq3" / "eval.json").stat().st_mtime_ns
+    assert main(["kfp", "concat-data", spec, str(tmp_path / "sq3")]) == 0
+    assert (tmp_path / "sq3" / "eval.json").stat().st_mtime_ns == before
+    other = json.dumps({**json.loads(spec), "params": {**json.loads(spec)["params"], "k": 3}})
+    with pytest.raises(LongctxError, match="built from other source files or parameters"):
+        concat_data(other, str(tmp_path / "sq3"))
     with pytest.raises(LongctxError, match="invalid spec"):
         concat_data("{not json", str(tmp_path / "x"))
 

@@ -206,7 +206,7 @@ def run_cell(item: str) -> list[str]:
     info = _cell_record(cell, "running")
     info["call"] = {**cell.kwargs, "out": str(folder), **({"resume": True} if resume else {"force": True})}
     write_json(folder / "cell.json", info)
-    code = subprocess.run([sys.executable, "-m", "longctx.sweep", str(folder)]).returncode
+    code = subprocess.run([sys.executable, "-m", "longctx.sweep", str(folder)], check=False).returncode
     error = f"exit status {code}" if code else None
     if error is None and cell.kind != "convert" and not (folder / "metrics.json").is_file():
         error = "finished without writing metrics.json"
@@ -225,7 +225,7 @@ def run_data(spec: str, out: str) -> None:
     import sys
 
     words = verb_name(f"{__name__}:concat_data").split()
-    code = subprocess.run([sys.executable, "-m", "longctx", *words, spec, out]).returncode
+    code = subprocess.run([sys.executable, "-m", "longctx", *words, spec, out], check=False).returncode
     if code:
         raise LongctxError(f"longctx {' '.join(words)} {out}: exit status {code}")
 
@@ -239,7 +239,7 @@ def run_report(runs: str, order: dict[str, Any], title: str) -> None:
 
     write_json(Path(runs) / "sweep.json", order)
     command = [sys.executable, "-m", "longctx", "report", runs, "--title", title]
-    code = subprocess.run(command).returncode
+    code = subprocess.run(command, check=False).returncode
     if code:
         raise LongctxError(f"longctx report {runs}: exit status {code}")
 
@@ -342,8 +342,8 @@ def build_pipeline(p, image: str, *, pvc: str = "longctx-workspace", root: str =
 
     @dsl.pipeline(name=name, description=p.description or f"longctx sweep matrix {Path(p.matrix).name}")
     def pipeline(workspace_pvc: str = pvc):
-        data = [dict(spec=json.dumps({"sources": spec["sources"], "params": spec["params"]}, sort_keys=True),
-                     out=str(spec["dir"])) for name_, spec in p.data.items() if any(c.data == name_ for c in p.cells)]
+        data = [{"spec": json.dumps({"sources": spec["sources"], "params": spec["params"]}, sort_keys=True),
+                 "out": str(spec["dir"])} for name_, spec in p.data.items() if any(c.data == name_ for c in p.cells)]
         data_tasks = []
         if data:
             with dsl.ParallelFor(data) as d:

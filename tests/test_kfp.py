@@ -319,7 +319,7 @@ def test_pytorchjob_pod_exits_with_the_verbs_status(matrix, tmp_path):
     (bin_dir / "torchrun").write_text("#!/bin/sh\nexit 2\n")  # what torchrun returns for longctx's exit 2
     (bin_dir / "torchrun").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(["sh", "-c", script.replace("/runs/", f"{tmp_path}/runs/")], env=env)
+    result = subprocess.run(["sh", "-c", script.replace("/runs/", f"{tmp_path}/runs/")], env=env, check=False)
     assert result.returncode == 2
     with pytest.raises(LongctxError, match="backoff-limit"):
         pytorchjob_manifests(cluster_plan(matrix), "img:1", backoff_limit=-1)

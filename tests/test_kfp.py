@@ -173,6 +173,8 @@ LOCAL_MATRIX = {
 }
 
 
+# slow: 9 tasks, each two Python processes importing torch; 15 min here on 2 shared cores (load ~14).
+@pytest.mark.slow
 def test_pipeline_runs_end_to_end_under_kfp_local(tmp_path, workspace_root, monkeypatch, kfp_sdk):
     """The compiled YAML itself, run by kfp.local's SubprocessRunner: convert, data, fine-tuning x 2 seeds,
     zero-shot evaluation of the fine-tuned models, report; every path through the (stand-in) volume."""

@@ -1,17 +1,15 @@
 """`longctx kfp`: the Kubeflow pipeline and the PyTorchJob manifests rendered from a sweep matrix.
 
-The pipeline tests need the kfp SDK (`pip install 'longctx[kfp]'`) and skip with the reason without it.
-Besides loading the compiled YAML back, they execute every compiled step in dependency order with a stub
-`longctx` on PATH, so the shell glue (recipe file, upstream artifact paths, report layout) is checked too.
+The pipeline tests need the kfp SDK and kfp-kubernetes (`pip install 'longctx[kfp]'`) and skip with the
+reason without them. Besides reading the compiled YAML back, one runs it end to end with kfp.local's
+SubprocessRunner on a tiny matrix, a temporary folder standing in for the volume.
 """
 from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -56,141 +54,196 @@ def kfp_sdk():
     return pytest.importorskip("kfp", reason="kfp is not installed (pip install 'longctx[kfp]')")
 
 
-def compile_(matrix: Path, *extra: str) -> dict:
+def _docs(path: Path) -> tuple[dict, dict]:
+    """(pipeline spec, Kubernetes platform spec) of a compiled pipeline."""
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _items(spec: dict) -> list[dict]:
+    """Every cell the compiled pipeline runs: loop items, chain steps' items, and the items nested in them."""
+    found: list[dict] = []
+
+    def add(text: str) -> None:
+        item = json.loads(text)
+        found.append(item)
+        for nested in item["then"]:
+            add(nested)
+
+    for component in [spec["root"], *spec["components"].values()]:
+        for task in component.get("dag", {}).get("tasks", {}).values():
+            raw = task.get("parameterIterator", {}).get("items", {}).get("raw")
+            if raw and "cell" in raw:
+                for text in json.loads(raw):
+                    add(text)
+            constant = task.get("inputs", {}).get("parameters", {}).get("item", {}).get("runtimeValue")
+            if constant:
+                add(constant["constant"])
+    return found
+
+
+def test_compile_declares_the_volume_and_one_step_per_command(matrix, kfp_sdk):
+    pytest.importorskip("kfp.kubernetes", reason="kfp-kubernetes is not installed (pip install 'longctx[kfp]')")
+    from longctx.kfp import cluster_plan
+
     out = matrix.parent / "pipeline.yaml"
-    assert main(["kfp", "compile", str(matrix), "-o", str(out), "--image", "registry.example/longctx:0.1", *extra]) == 0
-    return yaml.safe_load(out.read_text())
-
-
-def _container(spec: dict, task: dict) -> dict:
-    label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
-    return spec["deploymentSpec"]["executors"][label]["container"]
-
-
-def test_compile_builds_every_cell_with_caching_and_gpus(matrix, kfp_sdk):
-    spec = compile_(matrix, "--gpus", "2")
-    tasks = spec["root"]["dag"]["tasks"]
-    names = {t["taskInfo"]["name"]: t for t in tasks.values()}
-    cells = [f"{m}/{d}/seed-{s}" for s in (1, 2) for m in ("base", "long") for d in ("squad", "xquad-de", "sq3")]
-    (data,) = [n for n in names if n.startswith("_data/")]  # the sweep names the concatenated data's folder
-    assert set(names) == {"_models/long/convert", "_models/long/pretrain", data, "report", *cells}
-    assert spec["pipelineInfo"]["name"] == "longctx-matrix"
-    assert all(t["cachingOptions"]["enableCache"] for t in tasks.values())
-    for name, task in names.items():
-        container = _container(spec, task)
+    assert main(["kfp", "compile", str(matrix), "-o", str(out), "--image", "registry.example/longctx:0.1",
+                 "--pvc", "shared", "--gpus", "2"]) == 0
+    spec, platform = _docs(out)
+    executors = spec["deploymentSpec"]["executors"]
+    # data loop; plain models' cell + evaluation loops; long's convert, pretrain, cell + evaluation loops; report
+    assert len(executors) == 8
+    assert spec["root"]["inputDefinitions"]["parameters"]["workspace_pvc"]["defaultValue"] == "shared"
+    mounts = {"/data": "data", "/models": "models", "/hf-cache": "hf-cache", "/logs": "logs", "/runs": "runs"}
+    for label, executor in executors.items():
+        container = executor["container"]
         assert container["image"] == "registry.example/longctx:0.1"
-        gpu = (container.get("resources") or {}).get("accelerator")
-        if name.startswith(("base/", "long/", "_models/long/pretrain")):
-            assert gpu and gpu["type"] == "nvidia.com/gpu" and str(gpu["count"]) == "2", name
-            assert container["resources"]["resourceMemoryRequest"] == "64G"
-        else:  # conversion, data and report need no GPU
-            assert not gpu, name
-    # dependencies: pretrain after convert, a long fine-tuning after pretrain, the report after every run
-    task_of = {v["taskInfo"]["name"]: k for k, v in tasks.items()}
-    assert task_of["_models/long/convert"] in names["_models/long/pretrain"]["dependentTasks"]
-    assert task_of["_models/long/pretrain"] in names["long/squad/seed-1"]["dependentTasks"]
-    assert {task_of[c] for c in cells} <= set(names["report"]["dependentTasks"])
-    # the recipe travels as a task input (part of the cache key), inherit: already resolved
-    recipe = yaml.safe_load(names["base/squad/seed-1"]["inputs"]["parameters"]["recipe"]["runtimeValue"]["constant"])
-    assert recipe == {"learning_rate": 3e-5, "max_steps": 5, "max_length": 256, "model": "hub/tiny-encoder",
-                      "seed": 1, "train_file": "/data/squad/train.json", "eval_file": "/data/squad/dev.json",
-                      "save_model": True}
+        assert "kfp.dsl.executor_main" in container["command"][2] and "pip install" not in container["command"][2]
+        assert {e["name"]: e["value"] for e in container["env"]}["DATA_DIR"] == "/data"
+        pvc = platform[label]["pvcMount"]
+        assert {m["mountPath"]: m["subPath"] for m in pvc} == mounts, label
+        # the claim is the run's workspace_pvc parameter (top-level tasks read it directly, loop bodies via a channel)
+        assert {m["pvcNameParameter"]["componentInputParameter"] for m in pvc} <= {
+            "workspace_pvc", "pipelinechannel--workspace_pvc"}, label
+    # every cell of the plan runs exactly once, in its folder on the runs volume
+    plan = cluster_plan(matrix)
+    items = _items(spec)
+    assert sorted(i["cell"]["name"] for i in items) == sorted(c.name for c in plan.cells)
+    assert all(i["out"] == f"/runs/{i['cell']['name']}" for i in items)
+    by_name = {i["cell"]["name"]: i for i in items}
+    # the zero-shot evaluations wait for (only) the fine-tuning whose model they read
+    assert [json.loads(t)["cell"]["name"] for t in by_name["base/squad/seed-1"]["then"]] == ["base/xquad-de/seed-1"]
+    assert by_name["base/xquad-de/seed-1"]["cell"]["kwargs"]["model"] == "/runs/base/squad/seed-1/model"
+    assert by_name["long/sq3/seed-2"]["cell"]["kwargs"]["model"] == "/runs/_models/long/pretrain/model"
+    gpu = {label: (e["container"].get("resources") or {}).get("accelerator") for label, e in executors.items()}
+    commands = {label: e["container"]["command"][-1] for label, e in executors.items()}
+    assert sum(1 for label in gpu if gpu[label] and str(gpu[label]["count"]) == "2") == 5  # all but convert/data/report
+    assert sum(1 for label in gpu if not gpu[label]) == 3
+    assert sum("def data_step" in c for c in commands.values()) == 1
+    assert sum("def report_step" in c for c in commands.values()) == 1
 
 
-def _stub_longctx(bin_dir: Path) -> None:
-    """A `longctx` that records its call (argv, the --config recipe, the report folder) in OUT/call.json."""
-    bin_dir.mkdir()
-    stub = bin_dir / "longctx"
-    stub.write_text(f"#!{sys.executable}\n" + textwrap.dedent("""\
-        import json, os, pathlib, sys
-        argv = sys.argv[1:]
-        call = {"argv": argv}
-        if "--config" in argv:
-            call["recipe"] = pathlib.Path(argv[argv.index("--config") + 1]).read_text()
-        if argv[0] == "report":
-            root = pathlib.Path(argv[1])
-            call["files"] = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-            call["sweep"] = json.loads((root / "sweep.json").read_text())
-        out = pathlib.Path(argv[argv.index("--out") + 1] if "--out" in argv else argv[-1])
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "call.json").write_text(json.dumps(call))
-        if argv[0] in ("finetune", "pretrain"):  # what a training run leaves besides its metrics
-            (out / "checkpoints" / "checkpoint-1").mkdir(parents=True)
-            (out / "tensorboard").mkdir()
-            (out / "tensorboard" / "events.out.tfevents.1").write_text("")
-            (out / "model").mkdir()
-            (out / "model" / "model.safetensors").write_text("weights")
-        """))
-    stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
+def test_thesis_pipeline_is_small(tmp_path, monkeypatch, kfp_sdk):
+    """One step per distinct command with the cells as loop items: the thesis' 440 cells in a small YAML."""
+    pytest.importorskip("kfp.kubernetes", reason="kfp-kubernetes is not installed (pip install 'longctx[kfp]')")
+    from longctx.common import REPO_ROOT
+    from longctx.kfp import cluster_plan
+
+    monkeypatch.chdir(tmp_path)
+    matrix = REPO_ROOT / "experiments" / "thesis.yaml"
+    out = tmp_path / "pipeline.yaml"
+    assert main(["kfp", "compile", str(matrix), "-o", str(out), "--image", "registry.example/longctx:0.1"]) == 0
+    assert out.stat().st_size < 600_000  # was 1.35 MB with one component per cell
+    spec, _ = _docs(out)
+    assert len(spec["deploymentSpec"]["executors"]) <= 12
+    cells = sorted(c.name for c in cluster_plan(matrix).cells)
+    assert len(cells) > 400 and sorted(i["cell"]["name"] for i in _items(spec)) == cells
 
 
-def test_compiled_steps_run_the_cli_with_upstream_outputs(matrix, kfp_sdk, tmp_path):
-    spec = compile_(matrix)
-    tasks = spec["root"]["dag"]["tasks"]
-    _stub_longctx(tmp_path / "bin")
-    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
-    outputs = {name: tmp_path / "artifacts" / name for name in tasks}
-    calls: dict[str, dict] = {}
-    done: set[str] = set()
-    while len(done) < len(tasks):  # run every step once its upstream steps have run
-        ready = [n for n, t in tasks.items() if n not in done and set(t.get("dependentTasks", [])) <= done]
-        assert ready, "cycle in the compiled DAG"
-        for name in ready:
-            task, container = tasks[name], _container(spec, tasks[name])
-            values = {f"{{{{$.inputs.parameters['{k}']}}}}": v["runtimeValue"]["constant"]
-                      for k, v in task.get("inputs", {}).get("parameters", {}).items()}
-            for key, art in task.get("inputs", {}).get("artifacts", {}).items():
-                producer = art["taskOutputArtifact"]["producerTask"]
-                path = outputs[producer] / art["taskOutputArtifact"]["outputArtifactKey"]
-                values[f"{{{{$.inputs.artifacts['{key}'].path}}}}"] = str(path)
-            for key in spec["components"][task["componentRef"]["name"]]["outputDefinitions"]["artifacts"]:
-                values[f"{{{{$.outputs.artifacts['{key}'].path}}}}"] = str(outputs[name] / key)
-            args = [values.get(a, a) for a in container["args"]]
-            assert not [a for a in args if "{{$" in a], (name, args)
-            result = subprocess.run(container["command"] + args, env=env, capture_output=True, text=True)
-            assert result.returncode == 0, (name, result.stderr)
-            main_output = "report" if task["taskInfo"]["name"] == "report" else "out"
-            calls[task["taskInfo"]["name"]] = json.loads((outputs[name] / main_output / "call.json").read_text())
-            done.add(name)
-    out_of = {task["taskInfo"]["name"]: str(outputs[n] / ("report" if task["taskInfo"]["name"] == "report" else "out"))
-              for n, task in tasks.items()}
+@pytest.fixture
+def workspace_root(tmp_path, tiny_encoder_dir):
+    """A folder standing in for the volume: data/ with a small QA set, models/ with a tiny RoBERTa."""
+    import shutil
 
-    def flags(cell: str) -> dict[str, str]:
-        argv = calls[cell]["argv"]
-        return {argv[i]: argv[i + 1] for i in range(1, len(argv) - 1) if argv[i].startswith("--")}
+    from longctx.data.squad import write_squad
+    from longctx.data.synthetic import long_qa_examples
 
-    assert calls["_models/long/convert"]["argv"][0] == "convert"
-    assert yaml.safe_load(calls["_models/long/convert"]["recipe"]) == {
-        "model": "hub/tiny-encoder", "max_pos": 256, "attention_window": 32}
-    assert flags("_models/long/pretrain")["--model"] == out_of["_models/long/convert"]
-    long_ft = flags("long/sq3/seed-2")
-    assert calls["long/sq3/seed-2"]["argv"][0] == "finetune"
-    assert long_ft["--model"] == out_of["_models/long/pretrain"] + "/model"
-    (data,) = [n for n in out_of if n.startswith("_data/")]
-    assert long_ft["--train-file"] == out_of[data] + "/train.json"
-    assert long_ft["--eval-file"] == out_of[data] + "/eval.json"
-    assert long_ft["--out"] == out_of["long/sq3/seed-2"]
-    recipe = yaml.safe_load(calls["long/sq3/seed-2"]["recipe"])
-    assert recipe["seed"] == 2 and "model" not in recipe and "train_file" not in recipe  # given as flags
-    evaluate = flags("base/xquad-de/seed-1")
-    assert calls["base/xquad-de/seed-1"]["argv"][0] == "evaluate"
-    assert evaluate["--model"] == out_of["base/squad/seed-1"] + "/model"
-    assert yaml.safe_load(calls["base/xquad-de/seed-1"]["recipe"])["data"] == "/data/xquad/de.json"
-    assert calls[data]["argv"][:2] == ["kfp", "concat-data"]
-    assert json.loads(calls[data]["argv"][2])["sources"] == {
-        "train": "/data/squad/train.json", "eval": "/data/squad/dev.json"}
-    # a run's output keeps its model but, as in `longctx sweep`, not its checkpoints
-    assert (Path(out_of["long/squad/seed-1"]) / "model" / "model.safetensors").is_file()
-    assert not (Path(out_of["long/squad/seed-1"]) / "checkpoints").exists()
-    # the report reads the runs' summaries (files + tensorboard/, no weights) in the sweep's layout
-    report = calls["report"]
-    assert report["argv"][0] == "report"
-    assert report["argv"][2:] == ["--out", out_of["report"], "--title", "Results: matrix"]
-    assert "long/squad/seed-1/call.json" in report["files"] and "base/xquad-de/seed-2/call.json" in report["files"]
-    assert "_models/long/pretrain/tensorboard/events.out.tfevents.1" in report["files"]
-    assert not [f for f in report["files"] if "model.safetensors" in f or "checkpoint" in f]
-    assert len([f for f in report["files"] if f.endswith("/call.json")]) == 12 + 1  # runs + pretraining
-    assert report["sweep"] == {"models": ["base", "long"], "datasets": ["squad", "xquad-de", "sq3"]}
+    root = tmp_path / "volume"
+    train = long_qa_examples(8, min_words=30, max_words=50, seed=1)
+    dev = long_qa_examples(4, min_words=30, max_words=50, seed=2)
+    for i, e in enumerate(train + dev):
+        e["title"] = f"article-{i % 2}"  # two "articles": the concatenation has neighbours to draw from
+    write_squad(train, root / "data" / "qa" / "train.json")
+    write_squad(dev, root / "data" / "qa" / "dev.json")
+    shutil.copytree(tiny_encoder_dir("roberta", max_positions=64), root / "models" / "tiny")
+    return root
+
+
+LOCAL_MATRIX = {
+    "description": "tiny matrix run by kfp.local",
+    "seeds": [1, 2],
+    "finetune": {"max_length": 64, "doc_stride": 16, "max_steps": 2, "per_device_train_batch_size": 4,
+                 "per_device_eval_batch_size": 16, "logging_steps": 1, "precision": "fp32",
+                 "group_by_length": False, "n_best": 5},
+    "models": {"base": {"model": "${MODEL_DIR}/tiny"},
+               "long": {"model": "${MODEL_DIR}/tiny", "convert": {"max_pos": 128, "attention_window": 16}}},
+    "datasets": {"qa": {"train_file": "${DATA_DIR}/qa/train.json", "eval_file": "${DATA_DIR}/qa/dev.json"},
+                 "xq": {"model_from": "qa", "models": ["long"], "eval_files": {"de": "${DATA_DIR}/qa/dev.json"}},
+                 "xq3": {"concat": {"source": "xq", "k": 2}, "model_from": "qa", "models": ["long"]}},
+}
+
+
+# slow: 9 tasks, each two Python processes importing torch; 15 min here on 2 shared cores (load ~14).
+@pytest.mark.slow
+def test_pipeline_runs_end_to_end_under_kfp_local(tmp_path, workspace_root, monkeypatch, kfp_sdk):
+    """The compiled YAML itself, run by kfp.local's SubprocessRunner: convert, data, fine-tuning x 2 seeds,
+    zero-shot evaluation of the fine-tuned models, report; every path through the (stand-in) volume."""
+    pytest.importorskip("kfp.kubernetes", reason="kfp-kubernetes is not installed (pip install 'longctx[kfp]')")
+    from kfp import components, local
+
+    from longctx.common import REPO_ROOT
+    from longctx.kfp import cluster_plan, write_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # With the checkout on sys.path, `import docker` finds its docker/ folder (a namespace package) and kfp.local's
+    # probe for the Docker SDK fails on it; None makes the probe see "not installed" (DockerRunner is not used).
+    monkeypatch.setitem(sys.modules, "docker", None)
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(yaml.safe_dump(LOCAL_MATRIX))
+    plan = cluster_plan(matrix, root=workspace_root)
+    compiled = write_pipeline(plan, tmp_path / "pipeline.yaml", "registry.example/longctx:0.1",
+                              root=workspace_root, gpus=0)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
+    components.load_component_from_file(str(compiled))(workspace_pvc="unused-locally")
+
+    runs = workspace_root / "runs"
+    cells = [c.name for c in plan.cells]
+    assert sorted(cells) == sorted(["_models/long/convert", "base/qa/seed-1", "base/qa/seed-2", "long/qa/seed-1",
+                                    "long/qa/seed-2", "long/xq-de/seed-1", "long/xq-de/seed-2",
+                                    "long/xq3-de/seed-1", "long/xq3-de/seed-2"])
+    for name in cells:
+        record = json.loads((runs / name / "cell.json").read_text())
+        assert record["status"] == "done" and record["cell"] == name, name
+        assert not (runs / name / "checkpoints").exists(), name
+    evaluated = json.loads((runs / "long/xq3-de/seed-1/metrics.json").read_text())
+    assert evaluated["model"] == str(runs / "long/qa/seed-1/model")  # the fine-tuned model, read from the volume
+    (data,) = (runs / "_data").iterdir()
+    assert json.loads((data / "manifest.json").read_text())["params"]["k"] == 2
+    report = json.loads((runs / "report" / "report.json").read_text())
+    rows = {(r["model"], r["dataset"]): r["n"] for r in report["rows"]}
+    assert rows == {("base", "qa"): 2, ("long", "qa"): 2, ("long", "xq-de"): 2, ("long", "xq3-de"): 2}
+    assert "xq3-de" in (runs / "report" / "report.md").read_text()
+
+
+def _item_json(cell: dict, out: Path) -> str:
+    return json.dumps({"cell": cell, "out": str(out), "then": ["next"]})
+
+
+def test_cell_step_skips_done_folders_and_moves_unfinished_ones_aside(tmp_path, monkeypatch):
+    from longctx.kfp import run_cell
+
+    monkeypatch.chdir(tmp_path)
+    cell = {"name": "m/d/seed-1", "kind": "finetune", "function": "longctx.finetune:finetune", "model": "m",
+            "dataset": "d", "seed": 1, "kwargs": {"model": str(tmp_path / "missing-model"),
+                                                  "train_file": str(tmp_path / "missing.json")}}
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "cell.json").write_text(json.dumps({"status": "done"}))
+    (done / "metrics.json").write_text("{}")
+    assert run_cell(_item_json(cell, done)) == ["next"]  # nothing run: the folder is as it was
+    assert sorted(p.name for p in done.iterdir()) == ["cell.json", "metrics.json"]
+
+    left = tmp_path / "left"
+    left.mkdir()
+    (left / "partial.txt").write_text("from a killed pod")
+    with pytest.raises(LongctxError, match=r"m/d/seed-1: exit status 2"):  # the verb's configuration error
+        run_cell(_item_json(cell, left))
+    (aside,) = tmp_path.glob("left.incomplete-*")
+    assert (aside / "partial.txt").read_text() == "from a killed pod"
+    assert json.loads((left / "cell.json").read_text())["status"] == "failed"
 
 
 def test_compile_without_kfp_says_how_to_install(matrix, monkeypatch):
@@ -223,6 +276,10 @@ def test_pytorchjob_manifests(matrix):
                                               "limits": {"memory": "40Gi", "nvidia.com/gpu": 4}}
             assert "exec torchrun -m longctx finetune --config /etc/longctx/" in container["command"][2]
             assert {"name": "workspace", "persistentVolumeClaim": {"claimName": "shared"}} in pod["volumes"]
+            assert {"name": "workspace", "mountPath": "/models", "subPath": "models"} in container["volumeMounts"]
+            # exit codes 1-127 (longctx's 2: a configuration error) are permanent; signals (OOM, eviction) restart
+            assert replicas[role]["restartPolicy"] == "ExitCode"
+        assert job["spec"]["runPolicy"]["backoffLimit"] == 3
     job = next(j for j in jobs if j["metadata"]["labels"]["longctx/model"] == "long"
                and j["metadata"]["labels"]["longctx/dataset"] == "squad" and j["metadata"]["labels"]["longctx/seed"] == "1")
     command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"][2]
@@ -251,6 +308,25 @@ def test_pytorchjob_restart_resumes_from_a_checkpoint(matrix, tmp_path):
     assert again.strip().endswith("--resume")
 
 
+def test_pytorchjob_pod_exits_with_the_verbs_status(matrix, tmp_path):
+    """The pod's exit status is the command's own (exec), so the operator's ExitCode policy sees a
+    configuration error (2) as permanent; --backoff-limit bounds the restarts of killed pods."""
+    from longctx.kfp import cluster_plan, pytorchjob_manifests
+
+    _, job, *_ = pytorchjob_manifests(cluster_plan(matrix), "img:1", workers=0, backoff_limit=0)
+    assert job["spec"]["runPolicy"]["backoffLimit"] == 0
+    script = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"][2]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "torchrun").write_text("#!/bin/sh\nexit 2\n")  # what torchrun returns for longctx's exit 2
+    (bin_dir / "torchrun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["sh", "-c", script.replace("/runs/", f"{tmp_path}/runs/")], env=env, check=False)
+    assert result.returncode == 2
+    with pytest.raises(LongctxError, match="backoff-limit"):
+        pytorchjob_manifests(cluster_plan(matrix), "img:1", backoff_limit=-1)
+
+
 def test_concat_data_step_builds_the_sweep_files(tmp_path, monkeypatch):
     from longctx.kfp import concat_data
 
@@ -267,6 +343,13 @@ def test_concat_data_step_builds_the_sweep_files(tmp_path, monkeypatch):
     assert main(["kfp", "concat-data", spec, str(tmp_path / "sq3")]) == 0
     built = json.loads((tmp_path / "sq3" / "eval.json").read_text())
     assert built["data"] and (tmp_path / "sq3" / "manifest.json").is_file()
+    # a retried step keeps what is built; a different spec for the same folder is refused
+    before = (tmp_path / "sq3" / "eval.json").stat().st_mtime_ns
+    assert main(["kfp", "concat-data", spec, str(tmp_path / "sq3")]) == 0
+    assert (tmp_path / "sq3" / "eval.json").stat().st_mtime_ns == before
+    other = json.dumps({**json.loads(spec), "params": {**json.loads(spec)["params"], "k": 3}})
+    with pytest.raises(LongctxError, match="built from other source files or parameters"):
+        concat_data(other, str(tmp_path / "sq3"))
     with pytest.raises(LongctxError, match="invalid spec"):
         concat_data("{not json", str(tmp_path / "x"))
 
@@ -303,28 +386,3 @@ def test_kfp_sub_verbs_take_their_flags_from_their_signatures(capsys):
         assert all(f"--{p.name.replace('_', '-')}" in text for p in fields), (name, text)
 
 
-def test_report_step_runs_the_real_report_verb(matrix, kfp_sdk, tmp_path):
-    """The report step's layout is one `longctx report` reads: per (model, dataset) EM/F1 over seeds."""
-    spec = compile_(matrix)
-    tasks = spec["root"]["dag"]["tasks"]
-    (report,) = [t for t in tasks.values() if t["taskInfo"]["name"] == "report"]
-    container = _container(spec, report)
-    values = {"{{$.outputs.artifacts['report'].path}}": str(tmp_path / "report")}
-    for key, art in report["inputs"]["artifacts"].items():
-        cell = tasks[art["taskOutputArtifact"]["producerTask"]]["taskInfo"]["name"]
-        summary = tmp_path / "summaries" / cell
-        summary.mkdir(parents=True)
-        if not cell.startswith("_models/"):
-            seed = int(cell.rsplit("-", 1)[1])
-            (summary / "metrics.json").write_text(json.dumps({"eval": {"exact_match": 50.0 + seed, "f1": 60.0 + seed}}))
-        values[f"{{{{$.inputs.artifacts['{key}'].path}}}}"] = str(summary)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "TMPDIR": str(tmp_path), "MPLBACKEND": "Agg"}
-    result = subprocess.run(container["command"] + [values.get(a, a) for a in container["args"]],
-                            env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr
-    table = json.loads((tmp_path / "report" / "report.json").read_text())
-    text = json.dumps(table)
-    for name in ("base", "long", "squad", "xquad-de", "sq3"):
-        assert name in text
-    assert "61.5" in (tmp_path / "report" / "report.md").read_text()  # F1 mean over seeds 1 and 2

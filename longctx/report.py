@@ -270,7 +270,9 @@ def changed_settings(root: Path, sweep_info: dict[str, Any], runs: list[dict[str
     if not matrix or not isinstance(matrix, str):
         return set(), ("no sweep.json naming the matrix: sweep cells were not compared with the matrix's current "
                         "settings")
-    from longctx.sweep import Registry, cell_status, plan
+    from longctx.sweep.plan import plan
+    from longctx.sweep.registry import Registry
+    from longctx.sweep.state import cell_status
 
     try:
         p = plan(matrix, runs_dir=root, seeds=seeds or None, strict=False)

@@ -322,7 +322,8 @@ def test_models_are_named_by_their_metadata_not_their_folder(tmp_path):
 def test_cells_whose_settings_changed_are_flagged(tmp_path):
     import yaml
 
-    from longctx.sweep import Registry, plan
+    from longctx.sweep.plan import plan
+    from longctx.sweep.registry import Registry
 
     runs = tmp_path / "runs"
     matrix = tmp_path / "m.yaml"

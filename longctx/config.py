@@ -194,7 +194,10 @@ def bind(fn: Callable, values: dict[str, Any], source: str = "config") -> dict[s
     bound = {}
     for name, p in params.items():
         if name in values:
-            bound[name] = coerce(name, values[name], hints.get(name, Any))
+            try:
+                bound[name] = coerce(name, values[name], hints.get(name, Any))
+            except LongctxError as e:  # name the recipe (or matrix entry) the value came from
+                raise LongctxError(f"{source}: {e}") from None
         elif p.default is inspect.Parameter.empty:
             raise LongctxError(f"{source}: missing required field '{name}' for '{fn.__name__}'")
     return bound

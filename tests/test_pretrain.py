@@ -274,3 +274,20 @@ def test_gradient_checkpointing_trains_the_same(long_dir, tmp_path, monkeypatch)
             for gc in (False, True)]
     assert len(calls) == 1  # only the second run recomputes activations
     assert runs[1]["after"]["trained"]["loss"] == pytest.approx(runs[0]["after"]["trained"]["loss"], abs=1e-5)
+
+
+def test_bad_text_fails_before_the_model_and_leaves_no_folder(long_dir, tmp_path, monkeypatch):
+    import longctx.pretrain as pt
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the text was read")
+
+    monkeypatch.setattr(pt, "load_mlm", no_model)
+    empty = tmp_path / "empty.raw"
+    empty.write_text("  \n")
+    out = tmp_path / "run"
+    with pytest.raises(LongctxError, match=r"empty\.raw: no text"):
+        pretrain(**_small(model=str(long_dir), out=str(out), train_file=[str(empty)]))
+    with pytest.raises(LongctxError, match=r"is a folder, expected a WikiText raw text file"):
+        pretrain(**_small(model=str(long_dir), out=str(out), eval_file=str(tmp_path)))
+    assert not out.exists()

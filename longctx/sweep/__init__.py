@@ -54,7 +54,8 @@ def sweep(matrix: str, /, *, runs_dir: str | None = None, dry_run: bool = False,
         keep_checkpoints: keep each finished cell's checkpoints/ folder (default: deleted once the cell is done).
         fail_fast: stop at the first failed cell (default: record it and go on with the others).
     """
-    p = make_plan(matrix, runs_dir=runs_dir, seeds=seeds, only=only, strict=not dry_run)
+    # every cell checked up front (fields, values, input files): one bad cell stops the sweep before any work
+    p = make_plan(matrix, runs_dir=runs_dir, seeds=seeds, only=only, strict=not dry_run, check_files=True)
     if dry_run:
         registry = Registry(p.registry) if p.registry.exists() else None
         statuses = [cell_status(p, c, registry) for c in p.cells]

@@ -348,7 +348,7 @@ def evaluate(*, model: str, data: str, out: str | None = None,
                                       max_doc_tokens=max_doc_tokens)
     version_2 = is_squad_v2(version, examples)
     out_dir = Path(out) if out else None
-    created = out_dir is not None and not out_dir.exists()
+    created = out_dir is not None and not out_dir.exists() and _is_main_process()
     if out_dir is not None and _is_main_process():  # under torchrun only rank 0 prepares the folder (see finetune)
         prepare_output_dir(out_dir, force=force)
     try:

@@ -425,7 +425,8 @@ def test_every_cell_is_checked_before_anything_starts(tmp_path, tiny_encoder_dir
                 "long": {"eval_file": str(qa_files / "dev.json"), "max_length": 256},  # > 128 positions
                 "gone": {"train_file": str(tmp_path / "missing.json")}}
     models = {"tiny": {"model": model},
-              "conv": {"model": model, "convert": {"max_pos": 100, "attention_window": 32}}}
+              "conv": {"model": model, "convert": {"max_pos": 100, "attention_window": 32}},
+              "lost": {"model": str(tmp_path / "no-such-model")}}
     matrix = _matrix(tmp_path / "m.yaml", models, datasets, [1, 2], runs)
     for argv in (["sweep", str(matrix), "--dry-run"], ["sweep", str(matrix)]):
         assert main(argv) == 2
@@ -437,10 +438,12 @@ def test_every_cell_is_checked_before_anything_starts(tmp_path, tiny_encoder_dir
         assert any("field 'max_length': 256 is longer than the model's 128 positions" in line
                    and "tiny/long/seed-1" in line for line in lines)
         assert any(f"field 'train_file': {tmp_path / 'missing.json'} not found" in line for line in lines)
+        assert any(f"field 'model': {tmp_path / 'no-such-model'} not found" in line and "lost/sq/seed-1" in line
+                   for line in lines)
         assert any("max_pos 100 is not a multiple of the attention window 32" in line
                    and "_models/conv/convert" in line for line in lines)
         final = err.strip().splitlines()[-1]
         assert f"{matrix}:" in final and "cell error(s), nothing started" in final
-    # The same checks, fixed, plan cleanly; --only leaves out the errors of cells it does not select.
-    assert main(["sweep", str(matrix), "--dry-run", "--only", "tiny/sq/*"]) == 0
+    # --only leaves out the errors of cells it does not select.
+    assert main(["sweep", str(matrix), "--dry-run", "--only", "tiny/sq/*"]) == 0  # its cells have no error
     assert "tiny/sq/seed-1" in capsys.readouterr().out

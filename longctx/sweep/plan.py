@@ -353,7 +353,7 @@ def _model_starts(m: dict[str, Any], runs: Path, errors: CellErrors) -> dict[str
             name = f"_models/{model_name}/convert"
             bound = errors.check(name, fn, {"model": start, **entry["convert"]})
             start, needs = str(runs / name), [name]
-            positions = resolved_config(fn, bound or {}).get("max_pos")  # what conversion will make
+            positions = resolved_config(fn, bound or {})["max_pos"]  # what conversion will make
         if "pretrain" in entry:
             fn = resolve(VERBS["pretrain"])
             recipe = dict(entry["pretrain"])
@@ -382,7 +382,7 @@ def model_positions(model: str) -> int | None:
 def _finetune_checks(fields: dict[str, Any], positions: int | None) -> None:
     from longctx.finetune import check_lengths
 
-    check_lengths(fields.get("max_length", 384), fields.get("doc_stride", 128), positions)
+    check_lengths(fields["max_length"], fields["doc_stride"], positions)
 
 
 def _seq2seq_checks(fields: dict[str, Any], positions: int | None) -> None:
@@ -394,16 +394,17 @@ def _seq2seq_checks(fields: dict[str, Any], positions: int | None) -> None:
 def _convert_checks(fields: dict[str, Any], positions: int | None) -> None:
     from longctx.convert import check_sizes
 
-    check_sizes(fields.get("max_pos", 4096), fields.get("attention_window", 512))
+    check_sizes(fields["max_pos"], fields["attention_window"])
 
 
 def _pretrain_checks(fields: dict[str, Any], positions: int | None) -> None:
-    from longctx.pretrain import check_values, pretrain
+    from longctx.pretrain import check_values
 
-    check_values(**resolved_config(pretrain, fields))
+    check_values(**fields)
 
 
-# Each verb's cheap checks (the functions the verb itself runs before any work), by "module:function".
+# Each verb's cheap checks (the functions the verb itself runs before any work), by "module:function"; each
+# gets all of a cell's fields (defaults included) and the positions of its model when known.
 _VALUE_CHECKS: dict[str, Callable[[dict[str, Any], int | None], None]] = {
     "longctx.finetune:finetune": _finetune_checks,
     "longctx.finetune:evaluate": _finetune_checks,
@@ -411,9 +412,9 @@ _VALUE_CHECKS: dict[str, Callable[[dict[str, Any], int | None], None]] = {
     "longctx.convert:convert": _convert_checks,
     "longctx.pretrain:pretrain": _pretrain_checks,
 }
-# Fields naming an input file of a cell (a hub dataset name is not a file; files under the runs folder are made
-# by other cells).
-_INPUT_FILES = ("train_file", "eval_file", "data")
+# Fields naming an input file or model folder of a cell (a hub name is neither; paths under the runs folder are
+# made by other cells).
+_INPUTS = ("model", "train_file", "eval_file", "data")
 
 
 @dataclass
@@ -432,24 +433,24 @@ class CellErrors:
         try:
             bound = bind(fn, {**values, "out": "-"}, source=cell)
         except LongctxError as e:
-            self.found.append((cell, str(e)[len(cell) + 2:] if str(e).startswith(f"{cell}: ") else str(e)))
+            self.found.append((cell, str(e).removeprefix(f"{cell}: ")))
             return None
         if not runs:
             return bound
         checks = _VALUE_CHECKS.get(f"{fn.__module__}:{fn.__name__}")
         try:
             if checks:
-                checks(bound, positions)
+                checks(resolved_config(fn, bound), positions)
         except LongctxError as e:
             self.found.append((cell, str(e)))
-        for name in _INPUT_FILES:
+        for name in _INPUTS:
             value = bound.get(name)
             for f in value if isinstance(value, list) else [value]:
                 self.check_file(cell, f"field '{name}'", f)
         return bound
 
     def check_file(self, cell: str, what: str, value: Any) -> None:
-        """An input file must exist, unless a cell makes it (under the runs folder) or it names a hub dataset."""
+        """An input path must exist, unless a cell makes it (under the runs folder) or it is a hub name."""
         if not self.check_files or not isinstance(value, (str, Path)) or ("${" in str(value) and not self.strict):
             return
         path = Path(value).expanduser()
@@ -530,7 +531,8 @@ class _Planner:
         data_name = ds_name if "concat" in ds else None
         train_cell = None
         # bound even without training data: a field error in the shared fields is reported once here
-        self.errors.check(f"{model_name}/{ds_name}/seed-{seed}", trainer, values, positions, runs=bool(f["train_file"]))
+        self.errors.check(f"{model_name}/{ds_name}/seed-{seed}", trainer, values, positions,
+                          runs=bool(f["train_file"]))
         if f["train_file"]:
             train_cell = f"{model_name}/{ds_name}/seed-{seed}"
             self.add(Cell(train_cell, "finetune", VERBS["finetune"], model_name, ds_name, seed, values,

@@ -171,9 +171,15 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         if tp is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError("must be an integer")
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:  # int()'s own message ("invalid literal for int() with base 10") says less
+                raise ValueError("must be an integer") from None
         if tp is float:
-            return float(value)
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError("must be a number") from None
         if tp is str:
             return str(value)
         if tp is Path:

@@ -412,6 +412,8 @@ _VALUE_CHECKS: dict[str, Callable[[dict[str, Any], int | None], None]] = {
     "longctx.convert:convert": _convert_checks,
     "longctx.pretrain:pretrain": _pretrain_checks,
 }
+# Checks that also look at input files: run only where the files must be (`check_files`), not for kfp.
+_READS_FILES = {"longctx.pretrain:pretrain"}
 # Fields naming an input file or model folder of a cell (a hub name is neither; paths under the runs folder are
 # made by other cells).
 _INPUTS = ("model", "train_file", "eval_file", "data")
@@ -437,7 +439,8 @@ class CellErrors:
             return None
         if not runs:
             return bound
-        checks = _VALUE_CHECKS.get(f"{fn.__module__}:{fn.__name__}")
+        target = f"{fn.__module__}:{fn.__name__}"
+        checks = _VALUE_CHECKS.get(target) if self.check_files or target not in _READS_FILES else None
         try:
             if checks:
                 checks(resolved_config(fn, bound), positions)

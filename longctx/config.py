@@ -172,9 +172,15 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         if tp is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError("must be an integer")
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:  # int()'s own message ("invalid literal for int() with base 10") says less
+                raise ValueError("must be an integer") from None
         if tp is float:
-            return float(value)
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError("must be a number") from None
         if tp is str:
             return str(value)
         if tp is Path:
@@ -195,7 +201,10 @@ def bind(fn: Callable, values: dict[str, Any], source: str = "config") -> dict[s
     bound = {}
     for name, p in params.items():
         if name in values:
-            bound[name] = coerce(name, values[name], hints.get(name, Any))
+            try:
+                bound[name] = coerce(name, values[name], hints.get(name, Any))
+            except LongctxError as e:  # name the recipe (or matrix entry) the value came from
+                raise LongctxError(f"{source}: {e}") from None
         elif p.default is inspect.Parameter.empty:
             raise LongctxError(f"{source}: missing required field '{name}' for '{fn.__name__}'")
     return bound

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
+from longctx.checkpoints import staged_folder
 from longctx.common import LongctxError, log, prepare_output_dir
 from longctx.models import (copy_global_projections, load_config, load_mlm, model_max_tokens, position_offset,
                             quiet_transformers)
@@ -94,6 +96,14 @@ def _long_config(src_config, tokenizer, max_pos: int, attention_window: int):
     )
 
 
+def check_sizes(max_pos: int, attention_window: int) -> None:
+    """The size checks conversion runs before loading anything (public: a sweep runs them when it plans)."""
+    if attention_window <= 0 or attention_window % 2:
+        raise LongctxError(f"attention window must be a positive even number, got {attention_window}")
+    if max_pos % attention_window:
+        raise LongctxError(f"max_pos {max_pos} is not a multiple of the attention window {attention_window}")
+
+
 def to_long(model: str | os.PathLike, out: str | os.PathLike, *, max_pos: int = 4096, attention_window: int = 512, force: bool = False):
     """Convert an encoder to a Longformer with `max_pos` positions and save it (with its tokenizer) to `out`.
 
@@ -104,15 +114,14 @@ def to_long(model: str | os.PathLike, out: str | os.PathLike, *, max_pos: int = 
 
     start = time.perf_counter()
     model = str(model)
-    if attention_window <= 0 or attention_window % 2:
-        raise LongctxError(f"attention window must be a positive even number, got {attention_window}")
-    if max_pos % attention_window:
-        raise LongctxError(f"max_pos {max_pos} is not a multiple of the attention window {attention_window}")
+    check_sizes(max_pos, attention_window)
     src_config, tokenizer, source, has_head = _load_source(model)
     n_src = model_max_tokens(src_config)
     if max_pos <= n_src:
         raise LongctxError(f"{model}: max_pos {max_pos} is not larger than the source's {n_src} positions")
-    out_dir = prepare_output_dir(out, force=force)
+    out_dir = Path(out)
+    if out_dir.exists():  # refuse a used folder without --force; an absent one is made by the final rename
+        prepare_output_dir(out_dir, force=force)
 
     config = _long_config(src_config, tokenizer, max_pos, attention_window)
     config.longctx = {"converted_from": model, "source_model_type": src_config.model_type,
@@ -135,10 +144,12 @@ def to_long(model: str | os.PathLike, out: str | os.PathLike, *, max_pos: int = 
                             persistent=False)
     long_model.eval()
 
-    with quiet_transformers():
-        long_model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.model_max_length = max_pos
-    tokenizer.save_pretrained(out_dir)
+    # written aside and renamed into place: a kill never leaves a folder that looks like a converted model
+    with staged_folder(out_dir) as staged:
+        with quiet_transformers():
+            long_model.save_pretrained(staged, safe_serialization=True)
+        tokenizer.model_max_length = max_pos
+        tokenizer.save_pretrained(staged)
     n_params = sum(p.numel() for p in long_model.parameters())
     log.info("converted %s (%s, %s): %d -> %d positions, attention window %d, %s, %.1fM parameters, %.1f s -> %s",
              model, src_config.model_type, "MLM head" if has_head else "no MLM head", n_src, max_pos,

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from longctx.checkpoints import resume_checkpoint, resume_record, staged_folder
 from longctx.common import (LongctxError, prepare_output_dir, run_metadata,
                             tensorboard_callback, write_json)
 from longctx.config import resolved_config, routed
@@ -70,12 +71,17 @@ def qa_trainer_class():
     return QATrainer
 
 
-def _check_lengths(model, tokenizer, max_length: int, doc_stride: int) -> None:
-    limit = model_max_tokens(model.config)
-    if max_length > limit:
-        raise LongctxError(f"max_length {max_length} is longer than the model's {limit} positions")
-    if doc_stride >= max_length // 2:
-        raise LongctxError(f"doc_stride {doc_stride} must be well below max_length {max_length} (it is the overlap)")
+def check_lengths(max_length: int, doc_stride: int, positions: int | None = None) -> None:
+    """The window checks of finetune and evaluate: the stride against the window, and the window against the
+    model's `positions` (`models.model_max_tokens`) when known. Public because a sweep runs the same checks
+    on every cell when it plans, before anything starts."""
+    if max_length < 1:
+        raise LongctxError(f"field 'max_length': {max_length} must be at least 1")
+    if not 0 <= doc_stride < max_length // 2:
+        raise LongctxError(f"field 'doc_stride': {doc_stride} must be well below max_length {max_length} "
+                           f"(under half of it: it is the overlap) and not negative")
+    if positions is not None and max_length > positions:
+        raise LongctxError(f"field 'max_length': {max_length} is longer than the model's {positions} positions")
 
 
 def load_examples(source: str, data_format: str = "squad", max_samples: int | None = None, *,
@@ -85,6 +91,9 @@ def load_examples(source: str, data_format: str = "squad", max_samples: int | No
     TriviaQA becomes one record per (question, document), the document cut to `max_doc_tokens`
     tokens; training drops documents without an answer, evaluation keeps them (its version is 1.1:
     it has no unanswerable questions)."""
+    if Path(source).is_dir():  # else "not found": the path exists, it is the wrong kind
+        expected = "a TriviaQA qa JSON file" if data_format == "triviaqa" else "a SQuAD JSON file"
+        raise LongctxError(f"{source}: is a folder, expected {expected}")
     if data_format == "triviaqa":
         from longctx.data.triviaqa import read_triviaqa
 
@@ -197,7 +206,7 @@ def score_predictions(examples: list[dict], predictions: dict[str, str], version
     return compute_metrics(predictions, examples=examples, version="2.0" if version_2 else "1.1", lang=lang)
 
 
-def _evaluate_and_write(trainer, tokenizer, examples, out: Path, *, version_2: bool, tune_threshold: bool,
+def _evaluate_and_write(trainer, tokenizer, examples, out: Path | None, *, version_2: bool, tune_threshold: bool,
                         null_threshold: float, triviaqa_file: str | None = None, lang: str | None = None,
                         **decode) -> dict[str, Any]:
     from longctx.qa.decode import find_best_threshold, write_predictions
@@ -212,7 +221,7 @@ def _evaluate_and_write(trainer, tokenizer, examples, out: Path, *, version_2: b
         metrics["normalisation"] = f"mlqa:{lang}"
     metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
     metrics["eval_examples"] = len(examples)
-    if trainer.is_world_process_zero():
+    if out is not None and trainer.is_world_process_zero():  # evaluate without --out writes nothing
         write_predictions(out, preds)
     return metrics
 
@@ -274,7 +283,7 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         max_train_samples: use only the first N training questions.
         max_eval_samples: use only the first N evaluation questions.
         seed: random seed (model init, data order, dropout).
-        resume: continue from the last checkpoint in out/checkpoints.
+        resume: continue from the newest complete checkpoint in out/checkpoints (torn ones are skipped).
         force: reuse a non-empty out folder.
 
     Example:
@@ -287,14 +296,16 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
     if eval_steps < 0 or (eval_steps and not (train_file and eval_file)):
         raise LongctxError(f"eval_steps {eval_steps}: evaluating during training needs train_file and eval_file "
                            f"and eval_steps > 0")
+    check_lengths(max_length, doc_stride)  # the window checks that need no model, before any work
     callbacks, report_to_trainer = trackers(report_to, Path(out))
     from transformers import set_seed
 
     from longctx.qa.features import QACollator, prepare_train_features
 
     out_dir = Path(out)
-    if resume and not (out_dir / "checkpoints").is_dir():
-        raise LongctxError(f"{out_dir}: no checkpoints to resume from")
+    # the newest complete checkpoint, chosen before any data or model work (torn ones are skipped: see
+    # longctx.checkpoints)
+    checkpoint = resume_checkpoint(out_dir / "checkpoints", out_dir) if resume else None
     # Cheap checks first: a typo in a data path should not cost a model load.
     train_examples, eval_examples, version_2 = None, None, False
     tokenizer = load_tokenizer(model) if data_format == "triviaqa" else None
@@ -313,7 +324,7 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         prepare_output_dir(out_dir, force=force)
     set_seed(seed)
     tokenizer, qa_model = load_qa_model(model, fast_attention=fast_attention)
-    _check_lengths(qa_model, tokenizer, max_length, doc_stride)
+    check_lengths(max_length, doc_stride, model_max_tokens(qa_model.config))
     if global_attention is None:
         global_attention = is_longformer(qa_model)
     if gradient_checkpointing:
@@ -361,9 +372,7 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         metrics["before"] = score_predictions(eval_examples, before.predictions, version_2,
                                               eval_file if data_format == "triviaqa" else None, lang)
     if train_features is not None:
-        if resume and not any((out_dir / "checkpoints").glob("checkpoint-*")):
-            raise LongctxError(f"{out_dir}: no checkpoint-* folder to resume from")
-        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        result = trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
         metrics["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
         metrics["train"]["global_step"] = result.global_step
         metrics["train"]["windows"] = len(train_features)
@@ -375,8 +384,10 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
                                       for entry in trainer.state.log_history if "eval_f1" in entry]
             metrics["train"]["best_f1"] = trainer.state.best_metric
             metrics["train"]["best_step"] = trainer.state.best_global_step  # its weights are the ones saved below
+        metrics["train"].update(resume_record(checkpoint, result.global_step))
         if save_model and trainer.is_world_process_zero():
-            trainer.save_model(str(out_dir / "model"))
+            with staged_folder(out_dir / "model") as staged:  # a kill never leaves a model/ that looks complete
+                trainer.save_model(str(staged))
     if eval_examples:
         metrics["eval"] = _evaluate_and_write(
             trainer, tokenizer, eval_examples, out_dir, version_2=version_2, tune_threshold=tune_threshold,
@@ -429,34 +440,46 @@ def evaluate(*, model: str, data: str, out: str | None = None,
     import json
     import tempfile
 
+    from longctx.data.squad import is_squad_v2
     from longctx.qa.features import QACollator
 
     config = resolved_config(evaluate, dict(locals()))
-    if not out:
-        out_dir = Path(tempfile.mkdtemp(prefix="longctx-eval-"))
-    else:  # under torchrun only rank 0 checks and prepares the folder (see finetune)
-        out_dir = prepare_output_dir(out, force=force) if _is_main_process() else Path(out)
-    tokenizer, qa_model = load_qa_model(model, fast_attention=fast_attention)
-    _check_lengths(qa_model, tokenizer, max_length, doc_stride)
-    if global_attention is None:
-        global_attention = is_longformer(qa_model)
+    check_lengths(max_length, doc_stride)
+    # Cheap checks first: the data, then the output folder, then the model (a bad file costs no model load
+    # and leaves no folder behind).
+    tokenizer = load_tokenizer(model) if data_format == "triviaqa" else None
     examples, version = load_examples(data, data_format, max_eval_samples, tokenizer=tokenizer,
                                       max_doc_tokens=max_doc_tokens)
-    from longctx.data.squad import is_squad_v2
-
     version_2 = is_squad_v2(version, examples)
-    resolved_precision, args = _training_args(out_dir, precision, per_device_eval_batch_size=per_device_eval_batch_size,
-                             save_strategy="no")
-    trainer = qa_trainer_class()(model=qa_model, args=args, data_collator=QACollator(tokenizer),
-                                  processing_class=tokenizer)
-    metrics = _evaluate_and_write(trainer, tokenizer, examples, out_dir, version_2=version_2, tune_threshold=False,
-                                  null_threshold=null_threshold, max_length=max_length, doc_stride=doc_stride,
-                                  triviaqa_file=data if data_format == "triviaqa" else None, lang=lang,
-                                  global_attention=global_attention, n_best=n_best,
-                                  max_answer_length=max_answer_length)
+    out_dir = Path(out) if out else None
+    created = out_dir is not None and not out_dir.exists() and _is_main_process()
+    if out_dir is not None and _is_main_process():  # under torchrun only rank 0 prepares the folder (see finetune)
+        prepare_output_dir(out_dir, force=force)
+    try:
+        # The Trainer wants a folder of its own even when it saves nothing (it creates checkpoints/ there):
+        # a scratch one, removed whatever happens, so no --out means no files.
+        with tempfile.TemporaryDirectory(prefix="longctx-eval-") as scratch:
+            tokenizer, qa_model = load_qa_model(model, fast_attention=fast_attention)
+            check_lengths(max_length, doc_stride, model_max_tokens(qa_model.config))
+            if global_attention is None:
+                global_attention = is_longformer(qa_model)
+            resolved_precision, args = _training_args(Path(scratch), precision, save_strategy="no",
+                                                      per_device_eval_batch_size=per_device_eval_batch_size)
+            trainer = qa_trainer_class()(model=qa_model, args=args, data_collator=QACollator(tokenizer),
+                                          processing_class=tokenizer)
+            metrics = _evaluate_and_write(trainer, tokenizer, examples, out_dir, version_2=version_2,
+                                          tune_threshold=False, null_threshold=null_threshold,
+                                          max_length=max_length, doc_stride=doc_stride,
+                                          triviaqa_file=data if data_format == "triviaqa" else None, lang=lang,
+                                          global_attention=global_attention, n_best=n_best,
+                                          max_answer_length=max_answer_length)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # the folder this call made, still empty: nothing to keep
+        raise
     if not trainer.is_world_process_zero():  # torchrun: rank 0 writes and prints the result once
         return metrics
-    if out:
+    if out_dir is not None:
         write_json(out_dir / "metrics.json", {"model": model, "eval_file": data, "eval": metrics})
         write_json(out_dir / "run.json", run_metadata(config, precision=resolved_precision))
     print(json.dumps({k: v for k, v in metrics.items() if not k.startswith("eval_")}, indent=2))

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from longctx.checkpoints import resume_checkpoint, staged_folder
 from longctx.common import (LongctxError, log, prepare_output_dir, read_json, run_metadata,
                             tensorboard_callback, write_json)
 from longctx.config import resolved_config
@@ -185,16 +186,6 @@ def _trainer_class():
     return MLMTrainer, EpochCallback
 
 
-def _last_checkpoint(out: Path) -> str:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    folder = out / "checkpoints"
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    if last is None:
-        raise LongctxError(f"{out}: nothing to resume (no checkpoint-* folder in {folder}); run without --resume")
-    return last
-
-
 def _check_resume_config(out: Path, config: dict[str, Any]) -> None:
     stored_path = out / "config.json"
     if not stored_path.is_file():
@@ -213,7 +204,8 @@ def _check_resume_config(out: Path, config: dict[str, Any]) -> None:
                     ", ".join(repr(stored[k]) for k in changed))
 
 
-def _check_values(**v: Any) -> None:
+def check_values(**v: Any) -> None:
+    """The checks pretrain runs before any work (all its fields; public: a sweep runs them when it plans)."""
     if not 0 < v["mlm_probability"] < 1:
         raise LongctxError(f"field 'mlm_probability': {v['mlm_probability']} must be between 0 and 1")
     for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "eval_steps",
@@ -226,6 +218,8 @@ def _check_values(**v: Any) -> None:
     if v["max_eval_blocks"] is not None and v["max_eval_blocks"] < 1:
         raise LongctxError(f"field 'max_eval_blocks': {v['max_eval_blocks']} must be at least 1")
     for f in list(v["train_file"] or []) + ([v["eval_file"]] if v["eval_file"] else []):
+        if Path(f).is_dir():
+            raise LongctxError(f"{f}: is a folder, expected a WikiText raw text file (e.g. wiki.train.raw)")
         if not Path(f).is_file():
             raise LongctxError(f"{f}: WikiText file not found")
     if not v["train_file"] and not v["dataset"]:
@@ -320,16 +314,17 @@ def pretrain(
     names = inspect.signature(pretrain).parameters
     config = _normalised(resolved_config(pretrain, {k: v for k, v in locals().items() if k in names}))
     logging.getLogger("longctx").setLevel(logging.INFO)
-    _check_values(**config)
+    check_values(**config)
     started = time.perf_counter()
     from transformers import set_seed
 
     out_dir = Path(out)
+    text = _read_text(config)  # data first: a bad file costs no model load and leaves no output folder
     checkpoint = _setup_output(out_dir, resume=resume, force=force)
     resolved_precision = resolve_precision(precision)
     set_seed(seed)
     mlm, tokenizer, head = _setup_model(config, out_dir)
-    data = _setup_data(config, tokenizer)
+    data = _setup_data(config, tokenizer, text)
     meta = run_metadata(config, seed, precision=resolved_precision)
     write_json(out_dir / "config.json", config)
     write_json(out_dir / "run.json", meta)
@@ -379,8 +374,8 @@ def _normalised(config: dict[str, Any]) -> dict[str, Any]:
 
 def _setup_output(out_dir: Path, *, resume: bool, force: bool) -> str | None:
     """The checkpoint to resume from (None for a new run); a new run gets a clean output folder."""
-    if resume:
-        return _last_checkpoint(out_dir)
+    if resume:  # the newest complete checkpoint (torn ones are skipped: see longctx.checkpoints)
+        return str(resume_checkpoint(out_dir / "checkpoints", out_dir).path)
     has_run = (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").iterdir())
     if has_run and not force:
         raise LongctxError(f"{out_dir}: holds checkpoints of an earlier run: pass --resume to continue it "
@@ -441,15 +436,21 @@ class _Data:
     info: dict[str, Any]  # statistics recorded in metrics.json["data"]
 
 
-def _setup_data(config: dict[str, Any], tokenizer) -> _Data:
-    """Articles -> tokens -> blocks of `block_size`: masked training blocks and the fixed-mask eval text.
-
-    Files first; the hub dataset supplies whichever of the two has no file."""
-    block_size, packing = config["block_size"], config["packing"]
+def _read_text(config: dict[str, Any]) -> tuple[list, str, list, str]:
+    """(eval articles, their label, train articles, their label): files first; the hub dataset supplies
+    whichever of the two has no file. Read before the model loads, so bad text fails before any work."""
     eval_file, dataset = config["eval_file"], config["dataset"]
     eval_articles, eval_label = wikitext.load_articles([eval_file] if eval_file else None, dataset,
                                                        split="validation")
     train_articles, train_label = wikitext.load_articles(config["train_file"], dataset, split="train")
+    return eval_articles, eval_label, train_articles, train_label
+
+
+def _setup_data(config: dict[str, Any], tokenizer, text: tuple[list, str, list, str]) -> _Data:
+    """Articles (`_read_text`) -> tokens -> blocks of `block_size`: masked training blocks and the
+    fixed-mask eval text."""
+    block_size, packing = config["block_size"], config["packing"]
+    eval_articles, eval_label, train_articles, train_label = text
     t0 = time.perf_counter()
     train_tokens = wikitext.tokenize_articles(train_articles, tokenizer, source=train_label)
     eval_tokens = wikitext.tokenize_articles(eval_articles, tokenizer, source=eval_label)
@@ -636,14 +637,9 @@ def _log_before(before: dict[str, Any], uniform: float) -> None:
 
 
 def _save_model(model, tokenizer, folder: Path, block_size: int) -> None:
-    """save_pretrained into a temporary sibling, then rename: a crash never leaves a half-written model/."""
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    with quiet_transformers():
-        model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.model_max_length = block_size
-    tokenizer.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    """save_pretrained into a `.incomplete-*` sibling, then rename: a crash never leaves a half-written model/."""
+    with staged_folder(folder) as staged:
+        with quiet_transformers():
+            model.save_pretrained(staged, safe_serialization=True)
+        tokenizer.model_max_length = block_size
+        tokenizer.save_pretrained(staged)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from longctx.checkpoints import Checkpoint, resume_checkpoint, resume_record, staged_folder
 from longctx.common import (LongctxError, log, prepare_output_dir, read_json, run_metadata,
                             tensorboard_callback, write_json)
 from longctx.config import resolved_config
@@ -114,12 +115,9 @@ def _score(examples: list[dict], predictions: dict[str, str], version_2: bool) -
     return compute_metrics(predictions, examples=examples, version="2.0" if version_2 else "1.1")
 
 
-def _check_resume(out_dir: Path, config: dict[str, Any]) -> None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    ckpts = out_dir / "checkpoints"
-    if not ckpts.is_dir() or get_last_checkpoint(str(ckpts)) is None:
-        raise LongctxError(f"{out_dir}: no checkpoint-* folder under checkpoints/ to resume from")
+def _check_resume(out_dir: Path, config: dict[str, Any]) -> Checkpoint:
+    """The checkpoint to resume from (the newest complete one), warning about changed fields."""
+    checkpoint = resume_checkpoint(out_dir / "checkpoints", out_dir)
     previous = (read_json(out_dir / "run.json", "run.json").get("config") or {}) \
         if (out_dir / "run.json").is_file() else {}
     ignore = {"resume", "force", "precision_resolved"}
@@ -127,6 +125,20 @@ def _check_resume(out_dir: Path, config: dict[str, Any]) -> None:
     if changed:
         log.warning("%s: resuming with changed field(s) %s (was: %s)", out_dir, ", ".join(changed),
                     ", ".join(f"{k}={previous[k]!r}" for k in changed))
+    return checkpoint
+
+
+def check_values(fields: dict[str, Any]) -> None:
+    """The checks finetune_seq2seq runs before any work (`fields`: its bound fields; absent ones take their
+    defaults). Public because a sweep runs them on every cell when it plans."""
+    if not fields.get("train_file") and not fields.get("eval_file"):
+        raise LongctxError("nothing to do: give train_file and/or eval_file")
+    for name in ("max_source_length", "max_target_length", "num_beams", "generation_max_length",
+                 "per_device_train_batch_size", "per_device_eval_batch_size"):
+        if name in fields and fields[name] < 1:
+            raise LongctxError(f"field '{name}': must be at least 1, got {fields[name]}")
+    if fields.get("resume") and not fields.get("train_file"):
+        raise LongctxError("resume needs a train_file (there is no training to continue)")
 
 
 def finetune_seq2seq(*, model: str, out: str, train_file: str | None = None, eval_file: str | None = None,
@@ -169,30 +181,27 @@ def finetune_seq2seq(*, model: str, out: str, train_file: str | None = None, eva
         seed: random seed (data order, dropout).
         max_train_samples: use only the first N training questions.
         max_eval_samples: use only the first N evaluation questions.
-        resume: continue from the last checkpoint in out/checkpoints.
+        resume: continue from the newest complete checkpoint in out/checkpoints (torn ones are skipped).
         force: reuse a non-empty out folder (its checkpoints/ and tensorboard/ are cleared).
 
     Example:
         longctx finetune --task seq2seq --model t5-small --train-file train-v1.1.json --eval-file dev-v1.1.json --out runs/t5
     """
     config = resolved_config(finetune_seq2seq, dict(locals()))
-    if not train_file and not eval_file:
-        raise LongctxError("nothing to do: give train_file and/or eval_file")
-    for name, value in (("max_source_length", max_source_length), ("max_target_length", max_target_length),
-                        ("num_beams", num_beams), ("generation_max_length", generation_max_length),
-                        ("per_device_train_batch_size", per_device_train_batch_size),
-                        ("per_device_eval_batch_size", per_device_eval_batch_size)):
-        if value < 1:
-            raise LongctxError(f"field '{name}': must be at least 1, got {value}")
-    if resume and not train_file:
-        raise LongctxError("resume needs a train_file (there is no training to continue)")
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
+    check_values(config)
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        set_seed,
+    )
 
     from longctx.data.squad import is_squad_v2, load_squad
 
     out_dir = Path(out)
+    checkpoint = None
     if resume:
-        _check_resume(out_dir, config)
+        checkpoint = _check_resume(out_dir, config)
     else:
         prepare_output_dir(out_dir, force=force)
         for stale in ("checkpoints", "tensorboard"):  # a forced rerun must not mix with the old run's state
@@ -248,14 +257,16 @@ def finetune_seq2seq(*, model: str, out: str, train_file: str | None = None, eva
     metrics: dict[str, Any] = {"task": "seq2seq", "model": model, "train_file": train_file, "eval_file": eval_file,
                                "seed": seed}
     if train_data is not None:
-        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        result = trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         metrics["train"] = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
         metrics["train"].update(examples=len(train_examples), truncated_contexts=cut["train_sources"],
                                 truncated_targets=cut["train_targets"], first_loss=losses[0] if losses else None,
-                                last_loss=losses[-1] if losses else None, optimizer=optimizer)
+                                last_loss=losses[-1] if losses else None, optimizer=optimizer,
+                                **resume_record(checkpoint, result.global_step))
         if save_model and trainer.is_world_process_zero():
-            trainer.save_model(str(out_dir / "model"))
+            with staged_folder(out_dir / "model") as staged:  # a kill never leaves a model/ that looks complete
+                trainer.save_model(str(staged))
     if eval_data is not None:
         start = time.perf_counter()
         generated, stats = _generate(trainer, tokenizer, eval_data, num_beams=num_beams,

@@ -93,7 +93,7 @@ def test_user_errors(tiny_long, qa_files, tmp_path, capsys):
     assert "missing.json" in capsys.readouterr().err
     assert main(["finetune", "--model", str(tiny_long), "--out", str(tmp_path / "c"), "--resume",
                  "--train-file", str(train)]) == 2
-    assert "no checkpoints to resume from" in capsys.readouterr().err
+    assert "nothing to resume" in capsys.readouterr().err
     assert main(["finetune", "--model", str(tiny_long), "--out", str(tmp_path / "d"), "--learning-rate", "fast"]) == 2
     assert "learning_rate" in capsys.readouterr().err
 
@@ -254,3 +254,61 @@ def test_tracker_choice_is_checked_before_any_model_is_loaded(qa_files, tmp_path
     assert report_to == ["wandb", "mlflow"]
     assert [c.logging_dir for c in callbacks] == [str(tmp_path / "tensorboard")]
     assert trackers(None, tmp_path)[1] == [] and len(trackers(None, tmp_path)[0]) == 1
+
+
+def test_recipe_field_of_the_wrong_type_names_the_recipe(tmp_path, capsys):
+    from longctx.cli import main
+
+    recipe = tmp_path / "exp.yaml"
+    recipe.write_text("max_steps: two\n")
+    assert main(["finetune", "--config", str(recipe), "--model", "m", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{recipe}: field 'max_steps': 'two' must be an integer" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_without_out_leaves_nothing_behind(tiny_encoder_dir, qa_files, tmp_path, monkeypatch):
+    """No --out: no predictions, no empty checkpoints/ anywhere, after a success and after a failure."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    _, dev = qa_files
+    model = str(tiny_encoder_dir("bert", max_positions=128))
+    monkeypatch.chdir(tmp_path)
+    result = evaluate(model=model, data=str(dev), max_length=96, doc_stride=32, precision="fp32")
+    assert 0 <= result["f1"] <= 100
+    assert list(scratch.iterdir()) == []
+    with pytest.raises(LongctxError, match="longer than the model's 128 positions"):  # fails after the model load
+        evaluate(model=model, data=str(dev), max_length=256, doc_stride=32, precision="fp32")
+    assert list(scratch.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
+
+
+def test_evaluate_checks_the_data_before_the_model_and_the_folder(tiny_encoder_dir, qa_files, tmp_path, monkeypatch,
+                                                                 capsys):
+    import longctx.finetune as ft
+    from longctx.cli import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(ft, "load_qa_model", no_model)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"data": [')
+    model = str(tiny_encoder_dir("bert", max_positions=128))
+    for data, message in ((tmp_path, "is a folder, expected a SQuAD JSON file"), (bad, "invalid JSON")):
+        out = tmp_path / "out"
+        assert main(["evaluate", "--model", model, "--data", str(data), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{data}: {message}" in err and "Traceback" not in err
+        assert not out.exists()  # no empty --out folder left behind
+    # a model that fails to load after the folder was made: the folder it made goes again
+    def missing_model(*args, **kwargs):
+        raise LongctxError("no such model")
+
+    monkeypatch.setattr(ft, "load_qa_model", missing_model)
+    _, dev = qa_files
+    assert main(["evaluate", "--model", model, "--data", str(dev), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()

@@ -353,3 +353,20 @@ def test_real_minilm_without_head_converts_and_learns(minilm_dir, tmp_path):
     before, after = m["before"]["converted"], m["after"]["trained"]
     assert before["mlm_head"] == "new" and "source" not in m["before"]
     assert after["loss"] < before["loss"] - 1.0, (before["loss"], after["loss"])
+
+
+def test_bad_text_fails_before_the_model_and_leaves_no_folder(long_dir, tmp_path, monkeypatch):
+    import longctx.pretrain as pt
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the text was read")
+
+    monkeypatch.setattr(pt, "load_mlm", no_model)
+    empty = tmp_path / "empty.raw"
+    empty.write_text("  \n")
+    out = tmp_path / "run"
+    with pytest.raises(LongctxError, match=r"empty\.raw: no text"):
+        pretrain(**_small(model=str(long_dir), out=str(out), train_file=[str(empty)]))
+    with pytest.raises(LongctxError, match=r"is a folder, expected a WikiText raw text file"):
+        pretrain(**_small(model=str(long_dir), out=str(out), eval_file=str(tmp_path)))
+    assert not out.exists()

@@ -410,3 +410,40 @@ def test_converted_model_is_prepared_once_and_its_pretraining_curve_is_reported(
     assert [step for step, _ in result["curves"]["_models/tiny-long/pretrain"]] == [0, 2, 4]
     assert (runs / "report/mlm_loss.png").stat().st_size > 5000
     assert [(r["model"], r["dataset"], r["n"]) for r in result["rows"]] == [("tiny-long", "qa", 2)]
+
+
+def test_every_cell_is_checked_before_anything_starts(tmp_path, tiny_encoder_dir, qa_files, capsys):
+    """Each cell's fields bound and checked with its verb's own checks (stride, the model's positions read
+    from config.json, conversion sizes) and every input file checked, at plan time: --dry-run lists every
+    error with its cell, and a real run starts nothing."""
+    from longctx.cli import main
+
+    runs = tmp_path / "runs"
+    model = str(tiny_encoder_dir("bert", max_positions=128))  # 128 positions
+    datasets = {"sq": {"train_file": str(qa_files / "train.json"), "eval_file": str(qa_files / "dev.json")},
+                "wide": {"train_file": str(qa_files / "train.json"), "doc_stride": 40},  # >= max_length / 2
+                "long": {"eval_file": str(qa_files / "dev.json"), "max_length": 256},  # > 128 positions
+                "gone": {"train_file": str(tmp_path / "missing.json")}}
+    models = {"tiny": {"model": model},
+              "conv": {"model": model, "convert": {"max_pos": 100, "attention_window": 32}},
+              "lost": {"model": str(tmp_path / "no-such-model")}}
+    matrix = _matrix(tmp_path / "m.yaml", models, datasets, [1, 2], runs)
+    for argv in (["sweep", str(matrix), "--dry-run"], ["sweep", str(matrix)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and not runs.exists()  # nothing started, nothing written
+        lines = [line for line in err.splitlines() if line.startswith("[longctx]")]
+        assert any("field 'doc_stride': 40 must be well below max_length 64" in line and "tiny/wide/seed-1" in line
+                   and "tiny/wide/seed-2" in line for line in lines)
+        assert any("field 'max_length': 256 is longer than the model's 128 positions" in line
+                   and "tiny/long/seed-1" in line for line in lines)
+        assert any(f"field 'train_file': {tmp_path / 'missing.json'} not found" in line for line in lines)
+        assert any(f"field 'model': {tmp_path / 'no-such-model'} not found" in line and "lost/sq/seed-1" in line
+                   for line in lines)
+        assert any("max_pos 100 is not a multiple of the attention window 32" in line
+                   and "_models/conv/convert" in line for line in lines)
+        final = err.strip().splitlines()[-1]
+        assert f"{matrix}:" in final and "cell error(s), nothing started" in final
+    # --only leaves out the errors of cells it does not select.
+    assert main(["sweep", str(matrix), "--dry-run", "--only", "tiny/sq/*"]) == 0  # its cells have no error
+    assert "tiny/sq/seed-1" in capsys.readouterr().out

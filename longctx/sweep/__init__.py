@@ -57,7 +57,8 @@ def sweep(matrix: str, /, *, runs_dir: str | None = None, dry_run: bool = False,
     Example:
         longctx sweep experiments/thesis.yaml --runs-dir runs/thesis --dry-run
     """
-    p = make_plan(matrix, runs_dir=runs_dir, seeds=seeds, only=only, strict=not dry_run)
+    # every cell checked up front (fields, values, input files): one bad cell stops the sweep before any work
+    p = make_plan(matrix, runs_dir=runs_dir, seeds=seeds, only=only, strict=not dry_run, check_files=True)
     if dry_run:
         registry = Registry(p.registry) if p.registry.exists() else None
         statuses = [cell_status(p, c, registry) for c in p.cells]

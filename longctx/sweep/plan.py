@@ -8,8 +8,10 @@
   trained by another cell (XQuAD/MLQA zero-shot: trained once on SQuAD, evaluated on every language);
 * model preparation cells, once per converted model: `_models/<model>/convert` and `_models/<model>/pretrain`.
 
-Every cell's fields are bound against its verb (unknown fields, wrong types and missing files in the
-matrix fail here, before anything runs). Planning runs nothing: `longctx kfp` renders the same plan.
+Every cell's fields are bound against its verb and checked with the verb's own cheap checks (`_VALUE_CHECKS`:
+window sizes, strides, the model's positions read from its config.json), and, for a sweep on this machine
+(`check_files`), every input file must exist: all errors are listed (cell, field, value) and the plan fails
+before anything runs. Planning runs nothing: `longctx kfp` renders the same plan (its files live on the cluster).
 """
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
-from longctx.common import LongctxError
-from longctx.config import VERBS, bind, inherit, load_recipe, parameters, read_yaml, resolve, select
+from longctx.common import LongctxError, log, read_json_object
+from longctx.config import (VERBS, bind, inherit, load_recipe, parameters, read_yaml, resolve, resolved_config,
+                            select)
 
 MATRIX_KEYS = {"description", "runs_dir", "seeds", "finetune", "models", "datasets"}
 # Keys of a model entry that are about the sweep; all other keys are fields of `longctx finetune`.
@@ -253,17 +257,20 @@ def _verb(function: str, values: dict[str, Any]) -> Callable:
 
 
 def plan(matrix: str | os.PathLike, *, runs_dir: str | os.PathLike | None = None, seeds: list[int] | None = None,
-         only: list[str] | None = None, strict: bool = True) -> Plan:
+         only: list[str] | None = None, strict: bool = True, check_files: bool = False) -> Plan:
     """Expand a matrix file into cells (dependencies first); `only` keeps matching cells and their needs.
 
-    `only` patterns (fnmatch) match a cell name ("roberta-base/squad/seed-42"), a model or a dataset name."""
+    `only` patterns (fnmatch) match a cell name ("roberta-base/squad/seed-42"), a model or a dataset name.
+    `check_files`: every input file of the selected cells must exist here (a sweep; not kfp, whose files are
+    on the cluster). All errors of the selected cells are raised together, as one line."""
     m = load_matrix(matrix, strict=strict)
     path: Path = m["path"]
     runs = Path(runs_dir or m["runs_dir"] or Path("runs") / path.stem)
     seeds = list(seeds) if seeds else m["seeds"]
     order = _dataset_order(m["datasets"], path)
     data, files = _dataset_files(m, order, runs)
-    planner = _Planner(m, runs, order, files, _model_starts(m, runs))
+    errors = CellErrors(runs, check_files, strict)
+    planner = _Planner(m, runs, order, files, _model_starts(m, runs, errors), errors)
     for seed in seeds:
         for model_name, entry in m["models"].items():
             if seed == seeds[0]:
@@ -273,6 +280,15 @@ def plan(matrix: str | os.PathLike, *, runs_dir: str | os.PathLike | None = None
     cells = _save_evaluated_models(planner.cells)
     if only:
         cells = _select(cells, only, path)
+    for name, spec in data.items():  # the files a concatenated dataset is built from
+        for src in spec["sources"].values():
+            for c in cells:
+                if c.data == name:
+                    errors.check_file(c.name, f"datasets.{name}.concat source", src)
+    # a cell's errors are filed under its name; those of a finetune call no cell makes (the datasets that
+    # only evaluate) count whatever `only` selects
+    unselected = {c.name for c in planner.cells} - {c.name for c in cells}
+    errors.raise_if_any(path, unselected)
     table_order = sorted(planner.table, key=planner.table.get)
     groups = {name: [d for d in table_order if planner.table[d][2] == name] for name in order}
     return Plan(matrix=path, description=m["description"], runs_dir=runs, seeds=seeds, models=list(m["models"]),
@@ -322,31 +338,146 @@ def _dataset_files(m: dict[str, Any], order: list[str], runs: Path) -> tuple[dic
     return data, files
 
 
-def _model_starts(m: dict[str, Any], runs: Path) -> dict[str, tuple[str, list[str]]]:
-    """model key -> (the model fine-tuning starts from, the preparation cells it needs); checks the
-    convert and pretrain fields against their verbs."""
+def _model_starts(m: dict[str, Any], runs: Path, errors: CellErrors) -> dict[str, tuple[str, list[str], int | None]]:
+    """model key -> (the model fine-tuning starts from, the preparation cells it needs, its positions when
+    known); checks the convert and pretrain fields against their verbs."""
     path = m["path"]
-    starts: dict[str, tuple[str, list[str]]] = {}
+    starts: dict[str, tuple[str, list[str], int | None]] = {}
     for model_name, entry in m["models"].items():
         needs: list[str] = []
         start = entry["model"]
+        positions = model_positions(start)
         if "convert" in entry:
             fn = resolve(VERBS["convert"])
             _check_fields(fn, [(f"{path}: models.{model_name}.convert", entry["convert"])], {"model"})
-            kwargs = {"model": start, **entry["convert"]}
             name = f"_models/{model_name}/convert"
-            bind(fn, {**kwargs, "out": "-"}, source=f"{path}: models.{model_name}.convert")
+            bound = errors.check(name, fn, {"model": start, **entry["convert"]})
             start, needs = str(runs / name), [name]
+            positions = resolved_config(fn, bound or {})["max_pos"]  # what conversion will make
         if "pretrain" in entry:
             fn = resolve(VERBS["pretrain"])
             recipe = dict(entry["pretrain"])
             where = entry.get("pretrain_recipe") or f"{path}: models.{model_name}.pretrain"
             _check_fields(fn, [(where, recipe)], set())
-            bind(fn, {**recipe, "model": start, "out": "-"}, source=where)
             name = f"_models/{model_name}/pretrain"
-            start, needs = str(runs / name / "model"), needs + [name]
-        starts[model_name] = (start, needs)
+            errors.check(name, fn, {**recipe, "model": start})
+            start, needs = str(runs / name / "model"), needs + [name]  # pretraining keeps the positions
+        starts[model_name] = (start, needs, positions)
     return starts
+
+
+def model_positions(model: str) -> int | None:
+    """The positions of a model folder, read from its config.json alone (None: not a local folder, or a
+    model without a position table); a plan reads no weights."""
+    config = read_json_object(Path(model) / "config.json")
+    if not config or not isinstance(config.get("max_position_embeddings"), int):
+        return None
+    from longctx.models import model_max_tokens
+
+    return model_max_tokens(SimpleNamespace(max_position_embeddings=config["max_position_embeddings"],
+                                            model_type=config.get("model_type"),
+                                            pad_token_id=config.get("pad_token_id")))
+
+
+def _finetune_checks(fields: dict[str, Any], positions: int | None) -> None:
+    from longctx.finetune import check_lengths
+
+    check_lengths(fields["max_length"], fields["doc_stride"], positions)
+
+
+def _seq2seq_checks(fields: dict[str, Any], positions: int | None) -> None:
+    from longctx.seq2seq import check_values
+
+    check_values(fields)
+
+
+def _convert_checks(fields: dict[str, Any], positions: int | None) -> None:
+    from longctx.convert import check_sizes
+
+    check_sizes(fields["max_pos"], fields["attention_window"])
+
+
+def _pretrain_checks(fields: dict[str, Any], positions: int | None) -> None:
+    from longctx.pretrain import check_values
+
+    check_values(**fields)
+
+
+# Each verb's cheap checks (the functions the verb itself runs before any work), by "module:function"; each
+# gets all of a cell's fields (defaults included) and the positions of its model when known.
+_VALUE_CHECKS: dict[str, Callable[[dict[str, Any], int | None], None]] = {
+    "longctx.finetune:finetune": _finetune_checks,
+    "longctx.finetune:evaluate": _finetune_checks,
+    "longctx.seq2seq:finetune_seq2seq": _seq2seq_checks,
+    "longctx.convert:convert": _convert_checks,
+    "longctx.pretrain:pretrain": _pretrain_checks,
+}
+# Checks that also look at input files: run only where the files must be (`check_files`), not for kfp.
+_READS_FILES = {"longctx.pretrain:pretrain"}
+# Fields naming an input file or model folder of a cell (a hub name is neither; paths under the runs folder are
+# made by other cells).
+_INPUTS = ("model", "train_file", "eval_file", "data")
+
+
+@dataclass
+class CellErrors:
+    """Every cell's binding, value and input-file errors, collected so that one plan lists them all."""
+
+    runs: Path
+    check_files: bool
+    strict: bool  # False (dry runs): a value still holding ${VAR} is not checked as a file
+    found: list[tuple[str, str]] = field(default_factory=list)  # (cell, message)
+
+    def check(self, cell: str, fn: Callable, values: dict[str, Any], positions: int | None = None,
+              runs: bool = True) -> dict[str, Any] | None:
+        """`values` bound to `fn` (None when they do not bind), then, for a call that `runs` (not only bound to
+        find field errors), checked with the verb's value checks and for its input files."""
+        try:
+            bound = bind(fn, {**values, "out": "-"}, source=cell)
+        except LongctxError as e:
+            self.found.append((cell, str(e).removeprefix(f"{cell}: ")))
+            return None
+        if not runs:
+            return bound
+        target = f"{fn.__module__}:{fn.__name__}"
+        checks = _VALUE_CHECKS.get(target) if self.check_files or target not in _READS_FILES else None
+        try:
+            if checks:
+                checks(resolved_config(fn, bound), positions)
+        except LongctxError as e:
+            self.found.append((cell, str(e)))
+        for name in _INPUTS:
+            value = bound.get(name)
+            for f in value if isinstance(value, list) else [value]:
+                self.check_file(cell, f"field '{name}'", f)
+        return bound
+
+    def check_file(self, cell: str, what: str, value: Any) -> None:
+        """An input path must exist, unless a cell makes it (under the runs folder) or it is a hub name."""
+        if not self.check_files or not isinstance(value, (str, Path)) or ("${" in str(value) and not self.strict):
+            return
+        path = Path(value).expanduser()
+        if path.exists() or str(path.resolve()).startswith(str(self.runs.resolve())):
+            return
+        text = str(value)
+        if text.endswith((".json", ".raw", ".txt")) or text.startswith(("/", "./", "../", "~")) or text.count("/") > 1:
+            self.found.append((cell, f"{what}: {text} not found"))
+
+    def raise_if_any(self, path: Path, unselected: set[str]) -> None:
+        """One line naming every error (grouped by message, with its cells), each also logged on a line of its
+        own; errors of `unselected` cells do not count."""
+        found = [(c, e) for c, e in self.found if c not in unselected]
+        if not found:
+            return
+        groups: dict[str, list[str]] = {}
+        for cell, message in found:
+            if cell not in groups.setdefault(message, []):
+                groups[message].append(cell)
+        for message, names in groups.items():
+            log.error("%s: %s (%s)", path, message, ", ".join(names))
+        parts = [f"{message} ({names[0]}{f' and {len(names) - 1} more cells' if len(names) > 1 else ''})"
+                 for message, names in groups.items()]
+        raise LongctxError(f"{path}: {len(found)} cell error(s), nothing started: {'; '.join(parts)}")
 
 
 @dataclass
@@ -357,7 +488,8 @@ class _Planner:
     runs: Path
     order: list[str]
     files: dict[str, dict[str, Any]]
-    starts: dict[str, tuple[str, list[str]]]
+    starts: dict[str, tuple[str, list[str], int | None]]
+    errors: CellErrors
     cells: list[Cell] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
     # cell dataset -> (matrix order, language order, dataset entry): the report's column order
@@ -371,7 +503,7 @@ class _Planner:
 
     def preparation_cells(self, model_name: str, entry: dict[str, Any]) -> None:
         """`_models/<model>/convert` and `_models/<model>/pretrain`, once per model."""
-        _, needs = self.starts[model_name]
+        _, needs, _ = self.starts[model_name]
         if "convert" in entry:
             self.add(Cell(f"_models/{model_name}/convert", "convert", VERBS["convert"], model_name, None, None,
                           {"model": entry["model"], **entry["convert"]}))
@@ -387,7 +519,7 @@ class _Planner:
         path, ds = self.m["path"], self.m["datasets"][ds_name]
         if ds.get("models") and model_name not in ds["models"]:
             return
-        start, model_needs = self.starts[model_name]
+        start, model_needs, positions = self.starts[model_name]
         f = self.files[ds_name]
         model_fields = {k: v for k, v in entry.items() if k not in MODEL_KEYS and k != "pretrain_recipe"}
         model_base = entry.get("finetune", self.m["finetune"])
@@ -399,10 +531,11 @@ class _Planner:
                                  model_base),
                                 (f"{path}: models.{model_name}", model_fields),
                                 (f"{path}: datasets.{ds_name}", ds_fields)], SWEEP_SET)
-        where = f"{path}: {model_name} x {ds_name}"
-        bind(trainer, {**values, "out": "-"}, source=where)
         data_name = ds_name if "concat" in ds else None
         train_cell = None
+        # bound even without training data: a field error in the shared fields is reported once here
+        self.errors.check(f"{model_name}/{ds_name}/seed-{seed}", trainer, values, positions,
+                          runs=bool(f["train_file"]))
         if f["train_file"]:
             train_cell = f"{model_name}/{ds_name}/seed-{seed}"
             self.add(Cell(train_cell, "finetune", VERBS["finetune"], model_name, ds_name, seed, values,
@@ -430,7 +563,7 @@ class _Planner:
         if ds_cell in self.m["datasets"] and lang:
             raise LongctxError(f"{path}: datasets.{ds_name}.eval_files.{lang}: the cell name "
                                f"{ds_cell} is also a dataset name; rename one")
-        eval_model = f"{self.runs / train_cell}/model" if train_cell else self.starts[model_name][0]
+        eval_model = f"{self.runs / train_cell}/model" if train_cell else self.starts[model_name][0]  # same positions
         ev_values = {**values, "model": eval_model, "eval_file": eval_file, "train_file": None}
         if _verb(VERBS["finetune"], values) is resolve(VERBS["finetune"]):
             # extractive QA has its own evaluation verb, with the fields evaluation uses
@@ -445,7 +578,7 @@ class _Planner:
         rescore = lang if ds.get("lang_normalisation") else None
         if rescore and "lang" in parameters(verb):
             kwargs["lang"], rescore = lang, None  # the verb scores with the language itself
-        bind(verb, {**kwargs, "out": "-"}, source=f"{path}: {model_name} x {ds_name}")
+        self.errors.check(f"{model_name}/{ds_cell}/seed-{seed}", verb, kwargs, self.starts[model_name][2])
         self.add(Cell(f"{model_name}/{ds_cell}/seed-{seed}", "evaluate", function, model_name, ds_cell, seed,
                       kwargs, needs=([train_cell] if train_cell else []) + model_needs, data=data_name,
                       lang=rescore or None))

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from longctx.checkpoints import find_checkpoints
 from longctx.sweep.plan import SWEEP_SET, Cell, Plan
 from longctx.sweep.registry import Registry, cell_lock
 
@@ -43,7 +44,8 @@ def comparable(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _has_checkpoint(folder: Path) -> bool:
-    return any((folder / "checkpoints").glob("checkpoint-*"))
+    """A complete Trainer checkpoint to resume from (the rule the verbs apply: longctx.checkpoints)."""
+    return find_checkpoints(folder / "checkpoints")[0] is not None
 
 
 def folder_state(cell: Cell, folder: Path) -> str:

@@ -43,9 +43,10 @@ def window_length(tokenizer, examples: list[dict], multiple: int, limit: int) ->
 def demo(*, out: str | None = None, model: str | None = None, max_pos: int = 4096, attention_window: int = 128,
          train_examples: int = 240, eval_examples: int = 48, num_train_epochs: float = 1.0,
          learning_rate: float = 2e-4, batch_size: int = 2, precision: str = "auto", seed: int = 0) -> dict:
-    """Convert MiniLM (512 positions) to a long Longformer, fine-tune it on generated long-context QA
-    (contexts of 600-1,200 tokens, four facts each, the question asks one) and score held-out questions
-    before and after, split by whether the answer sits before or beyond context token 512.
+    """Convert MiniLM to a long Longformer, fine-tune it on generated long-context QA and score it before and after.
+
+    Contexts of 600-1,200 tokens hold four facts each and the question asks one; held-out scores are split by
+    whether the answer sits before or beyond context token 512 (what a 512-position encoder cannot reach).
 
     Args:
         out: run folder (default: runs/demo-<timestamp>; an existing folder is never overwritten).

@@ -115,7 +115,11 @@ def test_cli_run_saves_an_ordinary_longformer(long_dir, tmp_path):
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "done" and metrics["train"]["global_step"] == 10
-    assert metrics["train"]["precision"] == ("fp16" if torch.cuda.is_available() else "bf16")
+    # auto: whatever the policy decides on this machine (bf16 only where the CPU computes it natively), with its reason
+    from longctx.precision import resolve_precision
+
+    assert metrics["train"]["precision"] == resolve_precision("auto").name
+    assert metrics["train"]["precision_reason"] == resolve_precision("auto").reason
     assert metrics["config"]["block_size"] == 256 and metrics["config"]["learning_rate"] == 1e-3
     assert "max_pos" not in metrics["config"]
     assert metrics["git_commit"] is None or len(metrics["git_commit"]) >= 40

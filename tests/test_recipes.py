@@ -100,7 +100,7 @@ def test_run_long_lm_example_binds():
 
     (argv,) = _examples("run_long_lm")
     fn, values, source = parse_command("pretrain", [a.replace("experiments/", f"{EXPERIMENTS}/") for a in argv])
-    assert bind(fn, values, source=source)["max_pos"] == 4096
+    assert bind(fn, values, source=source)["block_size"] == 4096
 
 
 # ------------------------------------------------------------------------------------------ verb table

@@ -84,6 +84,18 @@ def check_lengths(max_length: int, doc_stride: int, positions: int | None = None
         raise LongctxError(f"field 'max_length': {max_length} is longer than the model's {positions} positions")
 
 
+def _triviaqa_tokenizer(model: str, *sources: str | None):
+    """The tokenizer TriviaQA's reader needs (documents are cut to a token budget), loaded only after the local qa
+    files' layout has been checked: a broken file costs no tokenizer or model load."""
+    from longctx.data.triviaqa import load_qa_data
+    from longctx.models import looks_local
+
+    for source in sources:
+        if source and looks_local(source):
+            load_qa_data(source)
+    return load_tokenizer(model)
+
+
 def load_examples(source: str, data_format: str = "squad", max_samples: int | None = None, *,
                   tokenizer=None, train: bool = False, max_doc_tokens: int = 4096):
     """Flat QA examples and the SQuAD version ("1.1"/"2.0") from a file or dataset name.
@@ -308,7 +320,7 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
     checkpoint = resume_checkpoint(out_dir / "checkpoints", out_dir) if resume else None
     # Cheap checks first: a typo in a data path should not cost a model load.
     train_examples, eval_examples, version_2 = None, None, False
-    tokenizer = load_tokenizer(model) if data_format == "triviaqa" else None
+    tokenizer = _triviaqa_tokenizer(model, train_file, eval_file) if data_format == "triviaqa" else None
     data_args = dict(tokenizer=tokenizer, max_doc_tokens=max_doc_tokens)
     if train_file:
         train_examples, _ = load_examples(train_file, data_format, max_train_samples, train=True, **data_args)
@@ -447,7 +459,7 @@ def evaluate(*, model: str, data: str, out: str | None = None,
     check_lengths(max_length, doc_stride)
     # Cheap checks first: the data, then the output folder, then the model (a bad file costs no model load
     # and leaves no folder behind).
-    tokenizer = load_tokenizer(model) if data_format == "triviaqa" else None
+    tokenizer = _triviaqa_tokenizer(model, data) if data_format == "triviaqa" else None
     examples, version = load_examples(data, data_format, max_eval_samples, tokenizer=tokenizer,
                                       max_doc_tokens=max_doc_tokens)
     version_2 = is_squad_v2(version, examples)

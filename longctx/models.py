@@ -83,6 +83,16 @@ def quiet_transformers() -> Iterator[None]:
 # ------------------------------------------------------------------------------------------ loaders
 
 
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a broken model folder raises, besides OSError/ValueError: a config nested thousands deep
+    (RecursionError), a field of the wrong type (huggingface_hub's strict-dataclass errors, TypeError), truncated
+    or garbage weights (SafetensorError). All of them are the user's file, so each becomes one line."""
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, RecursionError, TypeError, StrictDataclassError, SafetensorError)
+
+
 def load_config(model: str | os.PathLike, what: str = "model"):
     """The model's transformers config, with a one-line error naming the model."""
     from transformers import AutoConfig
@@ -90,7 +100,7 @@ def load_config(model: str | os.PathLike, what: str = "model"):
     name = resolve_model(model, what)
     try:
         return AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as e:
+    except load_errors() as e:
         where = "folder has no usable config.json" if looks_local(name) else "not found locally or on the hub"
         raise LongctxError(f"{model}: {what} {where} ({_first_line(e)})") from None
 
@@ -102,7 +112,7 @@ def load_tokenizer(model: str | os.PathLike, what: str = "model"):
     name = resolve_model(model, what)
     try:
         return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as e:
+    except load_errors() as e:
         raise LongctxError(f"{model}: cannot load the {what}'s tokenizer ({_first_line(e)})") from None
 
 
@@ -125,7 +135,7 @@ def load_mlm(model: str | os.PathLike, what: str = "model", *, allow_headless: b
     with quiet_transformers():  # loading a headless checkpoint into an MLM class prints a long report
         try:
             net, info = AutoModelForMaskedLM.from_pretrained(name, output_loading_info=True, **kwargs)
-        except (OSError, ValueError) as e:
+        except load_errors() as e:
             raise LongctxError(f"{model}: cannot load the {what} as a masked LM ({_first_line(e)})") from None
         head = [k for k in info.get("missing_keys", []) if k.startswith(("lm_head.", "cls."))
                 and not k.endswith("decoder.weight")]  # the decoder weight is tied to the embeddings
@@ -178,7 +188,7 @@ def load_qa_model(model: str | os.PathLike, fast_attention: bool = True):
     with quiet_transformers():  # a fresh QA head on an MLM checkpoint is expected, not news
         try:
             net, info = AutoModelForQuestionAnswering.from_pretrained(name, output_loading_info=True)
-        except (OSError, ValueError) as e:
+        except load_errors() as e:
             raise LongctxError(f"{model}: cannot load a QA model ({_first_line(e)})") from None
     if any(k.startswith("qa_outputs") for k in info["missing_keys"]):
         log.info("%s: new QA head (randomly initialised)", model)
@@ -195,7 +205,7 @@ def load_seq2seq(model: str | os.PathLike):
     tokenizer = load_tokenizer(name, what)
     try:
         net = AutoModelForSeq2SeqLM.from_pretrained(name)
-    except (OSError, ValueError) as e:
+    except load_errors() as e:
         raise LongctxError(f"{model}: cannot load an encoder-decoder (seq2seq) model ({_first_line(e)})") from None
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise LongctxError(f"{model}: the tokenizer needs pad and eos tokens for seq2seq training")

@@ -321,10 +321,6 @@ def triviaqa_cases() -> list[Case]:
 
 
 # ------------------------------------------------------------------------------------------- finetune / evaluate
-MODEL_FIRST = ("evaluate loads the model before it reads the data (issue 14 #9): the error is about the model, "
-               "and --out is created first")
-
-
 def finetune_cases() -> list[Case]:
     """Data-file mistakes must stop finetune/evaluate before any model is loaded (the model path does not exist,
     so an error about the model means the data was checked too late) and before --out is created."""
@@ -352,9 +348,7 @@ def finetune_cases() -> list[Case]:
     cases.append(ft_case("answer_start_string", "train", lambda p: dump(p, squad(lambda d: answer(d).update(
         answer_start="0"))), "q1"))
     cases.append(ft_case("triviaqa_invalid", "train", lambda p: damage(p, "invalid", TRIVIAQA),
-                         data_format="triviaqa",
-                         xfail="finetune --data-format triviaqa loads the model's tokenizer before checking the "
-                               "qa file (issue 14 #9): the error is about the model"))
+                         data_format="triviaqa"))
 
     def ev_case(name, make, record=None, with_out=True):
         def build(folder: Path) -> Run:
@@ -364,7 +358,7 @@ def finetune_cases() -> list[Case]:
             if with_out:
                 argv += ["--out", str(out)]
             return Run(argv, bad, record, out)
-        return Case(f"evaluate-{name}", "evaluate", build, xfail=MODEL_FIRST)
+        return Case(f"evaluate-{name}", "evaluate", build)
 
     cases.append(ev_case("invalid", lambda p: damage(p, "invalid", SQUAD)))
     cases.append(ev_case("folder", lambda p: damage(p, "folder", SQUAD), with_out=False))
@@ -402,13 +396,9 @@ def convert_cases() -> list[Case]:
     cases.append(conv_case("config_unknown_type", folder_with({"model_type": "no-such-architecture"})))
     cases.append(conv_case("config_invalid_json", folder_with(b'{"model_type": "roberta",')))
     cases.append(conv_case("config_list", folder_with([{"model_type": "roberta"}])))
-    cases.append(conv_case("config_nested", folder_with(b"[" * 5000 + b"]" * 5000),
-                           xfail="models.load_config catches OSError/ValueError only: transformers' json parse of "
-                                 "a 5,000-level config.json raises RecursionError (traceback)"))
+    cases.append(conv_case("config_nested", folder_with(b"[" * 5000 + b"]" * 5000)))
     cases.append(conv_case("config_wrong_types", folder_with({"model_type": "roberta", "hidden_size": "big",
-                                                              "num_hidden_layers": [2]}),
-                           xfail="models.load_config: transformers raises StrictDataclassFieldValidationError for "
-                                 "a config field of the wrong type (traceback)"))
+                                                              "num_hidden_layers": [2]})))
 
     def a_file(src: Path, model):
         src.parent.mkdir(parents=True, exist_ok=True)
@@ -428,10 +418,8 @@ def convert_cases() -> list[Case]:
         (src / "model.safetensors").write_bytes(b"\x00" * 100)
         return src, src
 
-    torn = ("models.load_mlm lets safetensors' SafetensorError through: a truncated or garbage "
-            "model.safetensors gives a traceback instead of one line naming the file")
-    cases.append(conv_case("truncated_safetensors", truncated_weights, needs_model=True, xfail=torn))
-    cases.append(conv_case("garbage_safetensors", garbage_weights, needs_model=True, xfail=torn))
+    cases.append(conv_case("truncated_safetensors", truncated_weights, needs_model=True))
+    cases.append(conv_case("garbage_safetensors", garbage_weights, needs_model=True))
     return cases
 
 

@@ -25,9 +25,23 @@ class LongctxError(Exception):
     The CLI prints it as one line and exits non-zero, without a traceback."""
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever sys.stderr is at the time of each record. A plain StreamHandler keeps the
+    stream it was made with; when a caller swaps sys.stderr (pytest's capture, notebooks, a redirect in a
+    wrapping tool) it would write into the old, possibly closed, stream and print a "Logging error" traceback."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the property always answers sys.stderr
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _CurrentStderr) for h in log.handlers):
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("[longctx] %(message)s"))
         log.addHandler(handler)
     log.setLevel(level)

@@ -57,7 +57,8 @@ def shared_file():
 def warnings(caplog):
     """Records of the 'longctx' logger (which may not propagate once the CLI has set it up)."""
     logger = logging.getLogger("longctx")
-    logger.addHandler(caplog.handler)
+    handler = caplog.handler  # caplog.handler is another object by teardown: remove the one added here
+    logger.addHandler(handler)
     caplog.set_level(logging.WARNING, logger="longctx")
     yield caplog
-    logger.removeHandler(caplog.handler)
+    logger.removeHandler(handler)

@@ -35,7 +35,7 @@ finetune: finetune.yaml
 def write_matrix(folder: Path) -> Path:
     (folder / "pretrain.yaml").write_text("max_steps: 10\nlearning_rate: 1.0e-4\n")
     (folder / "finetune.yaml").write_text("inherit: common.yaml\nlearning_rate: 3.0e-5\n")
-    (folder / "common.yaml").write_text("max_steps: 5\nmax_length: 256\n")
+    (folder / "common.yaml").write_text("max_steps: 5\nmax_length: 256\ndoc_stride: 64\n")
     path = folder / "matrix.yaml"
     path.write_text(MATRIX)
     return path
@@ -286,7 +286,7 @@ def test_pytorchjob_manifests(matrix):
     assert "--out /runs/long/squad/seed-1" in command
     key = command.split("--config /etc/longctx/")[1].split()[0]
     assert yaml.safe_load(config["data"][key]) == {
-        "learning_rate": 3e-5, "max_steps": 5, "max_length": 256, "seed": 1, "save_model": True,
+        "learning_rate": 3e-5, "max_steps": 5, "max_length": 256, "doc_stride": 64, "seed": 1, "save_model": True,
         "model": "/runs/_models/long/pretrain/model",
         "train_file": "/data/squad/train.json", "eval_file": "/data/squad/dev.json"}
     assert "_models/long/pretrain" in out.read_text().split("apiVersion")[0]  # the header names what must exist

@@ -66,6 +66,10 @@ def test_every_loader_makes_the_same_decision(tmp_path):
 @pytest.mark.parametrize("argv", [["convert", "--out", "{tmp}/out"], ["evaluate", "--data", "{tmp}/dev.json"]])
 def test_verbs_print_the_decision_as_one_line(argv, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
+    from longctx.data.squad import write_squad  # evaluate checks its data before the model: give it valid data
+    from longctx.testing import synthetic_qa
+
+    write_squad(synthetic_qa(2, seed=0), tmp_path / "dev.json", "1.1")
     args = [a.format(tmp=tmp_path) for a in argv] + ["--model", str(tmp_path / "empty")]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()

@@ -161,19 +161,19 @@ def command_parser(name: str, fn: Callable) -> argparse.ArgumentParser:
 def parse_command(name: str, argv: list[str]) -> tuple[Callable, dict[str, Any], str]:
     """The function `longctx NAME ARGV` runs, the values it gets (recipe, then flags) and their source.
 
-    A routed verb (finetune's `task`) is resolved first from its field alone, so the flags are the selected
-    function's own (`--task seq2seq --max-source-length 512`)."""
+    A routed verb (finetune's `task` and `pipeline`) is resolved first from those fields alone, so the flags
+    are the selected function's own (`--task seq2seq --max-source-length 512`)."""
     argv = dashed(argv)
     fn = resolve(name)
-    field = getattr(fn, "route_field", None)
-    if field:
+    fields = getattr(fn, "route_fields", ())
+    if fields:
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--config")
-        pre.add_argument(f"--{field.replace('_', '-')}", dest=field)
+        for field in fields:
+            pre.add_argument(f"--{field.replace('_', '-')}", dest=field)
         known, _ = pre.parse_known_args(argv)
         peek = load_recipe(known.config) if known.config else {}
-        if getattr(known, field) is not None:
-            peek[field] = getattr(known, field)
+        peek.update({f: getattr(known, f) for f in fields if getattr(known, f) is not None})
         fn = select(fn, peek)
     args = vars(command_parser(name, fn).parse_args(argv))
     recipe = args.pop("config", None)

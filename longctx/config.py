@@ -210,8 +210,8 @@ def bind(fn: Callable, values: dict[str, Any], source: str = "config") -> dict[s
     return bound
 
 
-def routed(fn: Callable, field: str, route: Callable[[dict[str, Any]], Callable]) -> Callable:
-    """`fn` whose field `field` selects the function that runs: `route(values)` returns it (or `fn`).
+def routed(fn: Callable, fields: tuple[str, ...], route: Callable[[dict[str, Any]], Callable]) -> Callable:
+    """`fn` whose `fields` select the function that runs: `route(values)` returns it (or `fn`).
 
     Every route reaches the selected function with its own fields, checked strictly: the CLI and `call`
     pick it before binding (`select`), and a direct Python call is re-bound here. So a field the selected
@@ -225,10 +225,11 @@ def routed(fn: Callable, field: str, route: Callable[[dict[str, Any]], Callable]
         target = route(kwargs)
         if target is verb or target is fn:
             return fn(**kwargs)
-        return invoke(target, kwargs, source=f"{fn.__name__}({field}={kwargs.get(field)!r})")
+        chosen = ", ".join(f"{f}={kwargs[f]!r}" for f in fields if f in kwargs)
+        return invoke(target, kwargs, source=f"{fn.__name__}({chosen})")
 
     verb.route = route  # type: ignore[attr-defined]
-    verb.route_field = field  # type: ignore[attr-defined]
+    verb.route_fields = fields  # type: ignore[attr-defined]
     return verb
 
 

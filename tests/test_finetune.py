@@ -216,7 +216,7 @@ def test_final_scores_reach_tensorboard_without_training(tiny_encoder_dir, qa_fi
 
 
 def test_score_line_shows_hasans_and_noans_for_squad_v2():
-    from longctx.finetune import score_line
+    from longctx.qa.metrics import score_line
 
     v2 = {"exact": 70.0, "f1": 72.5, "total": 10, "HasAns_exact": 60.0, "HasAns_f1": 65.0, "HasAns_total": 5,
           "NoAns_exact": 80.0, "NoAns_f1": 80.0, "NoAns_total": 5, "eval_examples": 10}

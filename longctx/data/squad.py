@@ -212,6 +212,15 @@ def _load_hub(name: str, split: str) -> tuple[list[dict], str]:
     return examples, version
 
 
+def spread_sample(examples: list[dict], n: int | None) -> list[dict]:
+    """`n` questions taken at an even stride over the whole list, so every article is represented (a file's
+    first questions all come from its first article: SQuAD dev's first 500 are all Super_Bowl_50)."""
+    if not n or n >= len(examples):
+        return examples
+    step = len(examples) / n
+    return [examples[int(i * step)] for i in range(n)]
+
+
 def to_squad_json(examples: list[dict], version: str = "1.1") -> dict:
     """The official nested layout, grouping questions by title then context (first-seen order)."""
     v2 = is_squad_v2(version)

@@ -256,6 +256,16 @@ def compute_metrics(predictions: Mapping[str, str], *, format: Format = "squad",
     return squad_v1(examples, predictions, lang=lang)
 
 
+def score_line(where: str, metrics: dict) -> str:
+    """One line of a run's scores: EM/F1, and HasAns/NoAns EM/F1 for SQuAD 2.0."""
+    em = metrics.get("exact_match", metrics.get("exact"))
+    parts = [f"{where}: EM {em:.2f}  F1 {metrics['f1']:.2f}"]
+    for subset in ("HasAns", "NoAns"):
+        if f"{subset}_f1" in metrics:
+            parts.append(f"{subset} EM {metrics[f'{subset}_exact']:.2f}  F1 {metrics[f'{subset}_f1']:.2f}")
+    return "  |  ".join(parts) + f"  ({metrics.get('eval_examples', metrics.get('total', '?'))} questions)"
+
+
 def score(*, data: str, predictions: str, lang: str | None = None, na_probs: str | None = None,
           format: Format = "squad", triviaqa_fallback: bool = False) -> dict:
     """Score predictions as the official SQuAD (or TriviaQA) scripts do and print their JSON.

@@ -408,6 +408,7 @@ def _pretrain_checks(fields: dict[str, Any], positions: int | None) -> None:
 _VALUE_CHECKS: dict[str, Callable[[dict[str, Any], int | None], None]] = {
     "longctx.finetune:finetune": _finetune_checks,
     "longctx.finetune:evaluate": _finetune_checks,
+    "longctx.qa.reference:finetune_reference": _finetune_checks,
     "longctx.seq2seq:finetune_seq2seq": _seq2seq_checks,
     "longctx.convert:convert": _convert_checks,
     "longctx.pretrain:pretrain": _pretrain_checks,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from longctx.common import LongctxError, log, read_json, run_metadata, write_json
-from longctx.config import invoke, parameters, resolve
+from longctx.config import invoke, parameters, resolve, select
 from longctx.sweep.plan import Cell, Plan
 from longctx.sweep.registry import Registry, cell_lock, now
 from longctx.sweep.state import describe, folder_state, fsync_dir, metrics_summary, move_aside, read_record
@@ -247,7 +247,7 @@ def run_cell(p: Plan, cell: Cell, registry: Registry, opts: Options) -> tuple[st
             return "adopted", describe(summary)
         stale = registry.mark_stale(cell.name)
         earlier = registry.attempts(cell.name)
-        resume = (state == "resumable" and opts.resume and "resume" in parameters(resolve(cell.function))
+        resume = (state == "resumable" and opts.resume and "resume" in parameters(select(resolve(cell.function), cell.kwargs))
                   # a resume that failed is not tried twice: the checkpoint itself may be the problem
                   and not (earlier and earlier[-1]["status"] == "failed" and
                            (earlier[-1]["note"] or "").startswith("resumed")))

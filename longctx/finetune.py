@@ -25,6 +25,7 @@ from longctx.common import (LongctxError, prepare_output_dir, run_metadata,
                             tensorboard_callback, write_json)
 from longctx.config import resolved_config, routed
 from longctx.models import is_longformer, load_qa_model, load_tokenizer, model_max_tokens
+from longctx.qa.metrics import check_lang
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 Tracker = Literal["tensorboard", "wandb", "mlflow", "none"]
@@ -329,6 +330,8 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
     if eval_file:
         eval_examples, version = load_examples(eval_file, data_format, max_eval_samples, sample=eval_sample,
                                                **data_args)
+        if data_format == "squad":
+            check_lang(eval_file, eval_examples, version, lang)
         from longctx.data.squad import is_squad_v2
 
         version_2 = is_squad_v2(version, eval_examples)
@@ -469,6 +472,8 @@ def evaluate(*, model: str, data: str, out: str | None = None,
     tokenizer = _triviaqa_tokenizer(model, data) if data_format == "triviaqa" else None
     examples, version = load_examples(data, data_format, max_eval_samples, tokenizer=tokenizer,
                                       max_doc_tokens=max_doc_tokens, sample=eval_sample)
+    if data_format == "squad":
+        check_lang(data, examples, version, lang)
     version_2 = is_squad_v2(version, examples)
     out_dir = Path(out) if out else None
     created = out_dir is not None and not out_dir.exists() and _is_main_process()

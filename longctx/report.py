@@ -157,6 +157,9 @@ def _run(folder: Path, rel: Path) -> tuple[dict[str, Any] | None, str | None]:
     if recorded is not None:
         recorded = _text(recorded, path, "model")
     info = _recorded_model(recorded, folder) if recorded else {"recorded": None, "folder": None, "lineage": None}
+    # another training pipeline than longctx's (the hf-reference peer check): never merged with longctx's runs
+    pipeline = metrics.get("pipeline", config.get("pipeline"))
+    info["pipeline"] = _text(pipeline, path, "pipeline") if pipeline not in (None, "longctx") else None
     seed = None
     if cell is not None:
         model, model_key = _text(cell.get("model"), cell_path, "model"), NAMED
@@ -171,6 +174,8 @@ def _run(folder: Path, rel: Path) -> tuple[dict[str, Any] | None, str | None]:
     else:
         model = info["lineage"] or recorded or f"{rel} (model not recorded)"
         model_key = info["folder"] or recorded or str(rel)
+        if info["pipeline"]:
+            model, model_key = f"{model} [{info['pipeline']}]", f"{model_key}#{info['pipeline']}"
         eval_file = metrics.get("eval_file", config.get("eval_file") or config.get("data"))
         if eval_file:
             eval_file = _text(eval_file, path, "eval_file")
@@ -401,6 +406,8 @@ def model_provenance(runs: list[dict]) -> list[tuple[str, str]]:
             text = info["folder"] or info["recorded"]
             if info["lineage"] and info["lineage"] not in r["model"]:
                 text += f" ({info['lineage']})"
+            if info.get("pipeline") and info["pipeline"] not in r["model"]:
+                text += f" [{info['pipeline']}: the plain HF Trainer with run_qa.py's defaults]"
             if text not in r["model"]:  # nothing to add to the row's own label
                 described[r["model"]][text] = None
     return [(label, "; ".join(texts)) for label, texts in described.items() if texts]

@@ -319,6 +319,16 @@ def test_models_are_named_by_their_metadata_not_their_folder(tmp_path):
     assert "## Models" in md and str(roberta) in md
 
 
+def test_reference_pipeline_runs_get_their_own_row(tmp_path):
+    root = tmp_path / "runs"
+    _hand_run(root / "a", "roberta-base", 50.0, seed=1)
+    _hand_run(root / "b", "roberta-base", 40.0, seed=1)
+    metrics = json.loads((root / "b/metrics.json").read_text())
+    (root / "b/metrics.json").write_text(json.dumps({**metrics, "pipeline": "hf-reference"}))
+    rows = {r["model"]: r for r in report(str(root))["rows"]}
+    assert rows["roberta-base"]["f1"]["mean"] == 50.0 and rows["roberta-base [hf-reference]"]["f1"]["mean"] == 40.0
+
+
 def test_cells_whose_settings_changed_are_flagged(tmp_path):
     import yaml
 

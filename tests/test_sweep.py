@@ -111,6 +111,14 @@ datasets:
     assert by["base/sq/seed-42"].kwargs["train_file"] == "/data/qa/train.json"
     assert by["long/sq3/seed-42"].kwargs["train_file"] == str(tmp_path / "runs/_data/sq.k3.neighbours.seed0/train.json")
     assert by["long/sq3/seed-42"].data == "sq3"
+    # gold_position: a pinned slot is another dataset (its own folder); random is the default (no suffix)
+    text = matrix.read_text()
+    for position, suffix in (("last", True), ("random", False)):
+        matrix.write_text(text.replace("concat: {source: sq, k: 3}", f"concat: {{source: sq, k: 3, gold_position: {position}}}"))
+        pinned = {c.name: c for c in plan(matrix).cells}["long/sq3/seed-42"].kwargs["train_file"]
+        assert (pinned != by["long/sq3/seed-42"].kwargs["train_file"]) is suffix
+        assert pinned.startswith(str(tmp_path / "runs/_data/sq.k3.neighbours.seed0"))
+    matrix.write_text(text)
     # Zero-shot cells evaluate the model their source cell trained (which therefore saves it).
     de = by["base/xq-de/seed-42"]
     # `longctx evaluate` scores with MLQA's normalisation itself (its `lang` field): no re-scoring step.
@@ -137,6 +145,8 @@ datasets:
     ({"models": {"m/x": {"model": "x"}}}, r"models\.m/x: name 'm/x'"),
     ({"seeds": [1, 1]}, r"seeds: repeated seed"),
     ({"extra": 1}, r"unknown key\(s\) extra"),
+    ({"datasets": {"sq": {"train_file": "t.json"}, "sq3": {"concat": {"source": "sq", "gold_position": "end"}}}},
+     r"datasets\.sq3\.concat: gold_position must be one of random, first, middle, last, got 'end'"),
 ])
 def test_matrix_mistakes_are_one_line_errors(tmp_path, monkeypatch, edit, message):
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)

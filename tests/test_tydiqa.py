@@ -151,3 +151,17 @@ def test_thesis_matrix_has_tydiqa_beside_xquad():
     tydi, xquad = recipe["datasets"]["tydiqa"], recipe["datasets"]["xquad"]
     assert tydi["model_from"] == xquad["model_from"] == "squad" and tydi["models"] == xquad["models"]
     assert tydi["eval_file"].endswith("/tydiqa/tydiqa-goldp-v1.1-dev.json")
+
+
+@pytest.mark.parametrize("verb", ["finetune", "evaluate"])
+def test_lang_on_tydi_data_is_refused_before_any_model_work(verb, tmp_path):
+    import subprocess
+    import sys
+
+    data = ["--eval-file", str(DEV), "--out", str(tmp_path / "run")] if verb == "finetune" else \
+        ["--data", str(DEV), "--out", str(tmp_path / "run")]
+    proc = subprocess.run([sys.executable, "-m", "longctx", verb, "--model", str(tmp_path / "no-such-model"),
+                           "--lang", "ar", *data], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and f"{DEV}: TyDi QA GoldP data: lang does not apply" in proc.stderr
+    assert not (tmp_path / "run").exists()

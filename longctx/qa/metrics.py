@@ -204,6 +204,21 @@ def read_predictions(path: str) -> dict[str, str]:
     return _read_str_map(path, "predictions", str, "a string")
 
 
+GOLDP_NO_LANG = ("lang and na_probs do not apply to TyDi QA GoldP: each language is scored with SQuAD 1.1's "
+                 "normalisation, as its official evaluation does")
+
+
+def check_lang(source: str, examples: list[dict], version: str | None, lang: str | None) -> None:
+    """`lang` (MLQA's normalisation) on data that compute_metrics would refuse it for: raised when the data is
+    read, before any model work, naming the file (TyDi QA GoldP scores each language itself)."""
+    from longctx.data import tydiqa
+    from longctx.data.squad import is_squad_v2
+
+    if lang and not is_squad_v2(version, examples) and tydiqa.is_goldp(examples):
+        raise LongctxError(f"{source}: TyDi QA GoldP data: lang does not apply: each language is scored with "
+                           f"SQuAD 1.1's normalisation, as its official evaluation does")
+
+
 def compute_metrics(predictions: Mapping[str, str], *, format: Format = "squad", examples: list[dict] | None = None,
                     version: str | None = None, lang: str | None = None,
                     na_probs: Mapping[str, float] | None = None, triviaqa_gold: str | None = None,
@@ -243,8 +258,7 @@ def compute_metrics(predictions: Mapping[str, str], *, format: Format = "squad",
         raise LongctxError("SQuAD scoring needs the gold examples")
     if format == "tydiqa" or (not is_squad_v2(version, examples) and tydiqa.is_goldp(examples)):
         if lang or na_probs is not None:
-            raise LongctxError("lang and na_probs do not apply to TyDi QA GoldP: each language is scored with "
-                               "SQuAD 1.1's normalisation, as its official evaluation does")
+            raise LongctxError(GOLDP_NO_LANG)
         groups = tydiqa.by_language(examples)
         return tydiqa.goldp_summary(squad_v1(examples, predictions),
                                     {g: squad_v1(qs, predictions) for g, qs in groups.items()},

@@ -112,6 +112,9 @@ def finetune_reference(*, model: str, out: str, train_file: str | None = None, e
     # Data first, then the folder, then the model: a bad file costs no model load and leaves no folder.
     train_examples = _examples(train_file, max_train_samples, "first", train=True) if train_file else None
     eval_examples = _examples(eval_file, max_eval_samples, eval_sample, train=False) if eval_file else None
+    from longctx.models import resolve_model
+
+    resolve_model(model)  # a missing model folder is a one-line error before the run folder exists
     out_dir = prepare_output_dir(out, force=force)
 
     from datasets import Dataset

@@ -34,7 +34,7 @@ MATRIX_KEYS = {"description", "runs_dir", "seeds", "finetune", "models", "datase
 MODEL_KEYS = {"model", "convert", "pretrain", "finetune"}
 # Keys of a dataset entry that are about the sweep; all other keys are fields of `longctx finetune`.
 DATASET_KEYS = {"concat", "eval_files", "model_from", "models", "lang_normalisation"}
-CONCAT_KEYS = {"source", "k", "distractors", "separator", "seed", "questions"}
+CONCAT_KEYS = {"source", "k", "distractors", "separator", "seed", "questions", "gold_position"}
 CONCAT_DEFAULTS = {"k": 3, "distractors": "neighbours", "separator": "\n\n", "seed": 0, "questions": "all"}
 # Fields the sweep sets itself in every call.
 SWEEP_SET = {"out", "force", "resume"}
@@ -201,6 +201,13 @@ def load_matrix(path: str | os.PathLike, strict: bool = True) -> dict[str, Any]:
             if spec["source"] not in datasets or "concat" in _mapping(datasets[spec["source"]], where):
                 raise LongctxError(f"{where}.concat.source: {spec['source']!r} is not a dataset of this matrix "
                                    f"with files of its own")
+            if "gold_position" in spec:
+                from longctx.data.concat import gold_slot
+
+                try:
+                    gold_slot(spec["gold_position"], 3, 0)
+                except LongctxError as e:
+                    raise LongctxError(f"{where}.{e}") from None
             for key in ("train_file", "eval_file", "eval_files"):
                 if key in entry:
                     raise LongctxError(f"{where}: a concat dataset takes its files from its source; "
@@ -213,7 +220,8 @@ def _data_name(source: str, params: dict[str, Any]) -> str:
     """Folder of a concatenated dataset under runs/_data, named by what it is made of, so datasets with the
     same construction (sq3-512 and sq3-4096) share one copy: squad.k3.neighbours.seed0[.<hash>]."""
     name = f"{source}.k{params['k']}.{params['distractors']}.seed{params['seed']}"
-    rest = {k: v for k, v in params.items() if k in ("separator", "questions") and v != CONCAT_DEFAULTS[k]}
+    rest = {k: v for k, v in params.items() if k in ("separator", "questions", "gold_position")
+            and v != CONCAT_DEFAULTS.get(k)}
     if rest:
         name += "." + hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
     return name
@@ -308,6 +316,8 @@ def _dataset_files(m: dict[str, Any], order: list[str], runs: Path) -> tuple[dic
             source_name = spec.pop("source")
             source = files[source_name]
             params = {**CONCAT_DEFAULTS, **spec}
+            if params.get("gold_position") == "random":  # concat's default: folders and manifests as before
+                del params["gold_position"]
             folder = runs / "_data" / _data_name(source_name, params)
             sources: dict[str, str] = {}
             out: dict[str, Any] = {"train_file": None, "eval_file": None, "eval_files": {}}

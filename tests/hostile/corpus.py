@@ -326,7 +326,7 @@ def finetune_cases() -> list[Case]:
     so an error about the model means the data was checked too late) and before --out is created."""
     cases = []
 
-    def ft_case(name, slot, make, record=None, data_format="squad", xfail=None):
+    def ft_case(name, slot, make, record=None, data_format="squad", xfail=None, pipeline=None):
         def build(folder: Path) -> Run:
             bad = make(folder / "data" / "bad.json")
             good = dump(folder / "data" / "good.json", SQUAD)
@@ -336,8 +336,10 @@ def finetune_cases() -> list[Case]:
                     "--train-file", str(train), "--eval-file", str(evalf), "--max-steps", "1"]
             if data_format != "squad":
                 argv += ["--data-format", data_format]
+            if pipeline:
+                argv += ["--pipeline", pipeline]
             return Run(argv, bad, record, out)
-        return Case(f"finetune-{slot}-{name}", "finetune", build, xfail=xfail)
+        return Case(f"finetune-{pipeline + '-' if pipeline else ''}{slot}-{name}", "finetune", build, xfail=xfail)
 
     for kind in (*RAW_FEW, *PLACE):
         cases.append(ft_case(kind, "train", lambda p, kind=kind: damage(p, kind, SQUAD)))
@@ -349,6 +351,21 @@ def finetune_cases() -> list[Case]:
         answer_start="0"))), "q1"))
     cases.append(ft_case("triviaqa_invalid", "train", lambda p: damage(p, "invalid", TRIVIAQA),
                          data_format="triviaqa"))
+    # the peer-check pipeline reads the same files with the same checks, before its model and folder
+    for slot, kind in (("train", "truncated"), ("eval", "missing"), ("eval", "nested")):
+        cases.append(ft_case(kind, slot, lambda p, kind=kind: damage(p, kind, SQUAD), pipeline="hf-reference"))
+    cases.append(ft_case("answer_start_string", "train", lambda p: dump(p, squad(lambda d: answer(d).update(
+        answer_start="0"))), "q1", pipeline="hf-reference"))
+
+    def reference_model_case() -> Case:
+        def build(folder: Path) -> Run:
+            good = dump(folder / "data" / "good.json", SQUAD)
+            model, out = folder / "no-such-model", folder / "run"
+            return Run(["finetune", "--pipeline", "hf-reference", "--model", str(model), "--out", str(out),
+                        "--train-file", str(good)], model, None, out)
+        return Case("finetune-hf-reference-missing-model", "finetune", build)
+
+    cases.append(reference_model_case())
 
     def ev_case(name, make, record=None, with_out=True):
         def build(folder: Path) -> Run:

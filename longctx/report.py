@@ -397,13 +397,20 @@ def changed_footnote(rows: list[dict]) -> str | None:
             f"sweep to redo it with the current settings.")
 
 
-def model_provenance(runs: list[dict]) -> list[tuple[str, str]]:
-    """(row label, what the runs recorded: model path or name, and its longctx lineage) per model."""
+def model_provenance(runs: list[dict], root: Path) -> list[tuple[str, str]]:
+    """(row label, what the runs recorded: model path or name, and its longctx lineage) per model. A model folder
+    inside the runs folder is shown under the runs folder as the user named it, so that a report kept in a
+    repository names no machine's absolute paths."""
     described: dict[str, dict[str, None]] = defaultdict(dict)
     for r in runs:
         info = r["model_info"]
         if info["recorded"]:
-            text = info["folder"] or info["recorded"]
+            text = info["recorded"]
+            if info["folder"]:
+                try:
+                    text = str(root / Path(info["folder"]).relative_to(root.resolve()))
+                except ValueError:  # outside the runs folder
+                    text = info["folder"]
             if info["lineage"] and info["lineage"] not in r["model"]:
                 text += f" ({info['lineage']})"
             if info.get("pipeline") and info["pipeline"] not in r["model"]:
@@ -746,7 +753,7 @@ def report(runs_dir: str, /, *, out: str | None = None, title: str | None = None
         notes.append("no MLM eval-loss curves: no TensorBoard event files with eval/loss under the runs folder "
                      "(they come from `longctx pretrain` runs); mlm_loss.png not written")
     tables = pivots(rows, runs, sweep_info.get("groups"))
-    models = model_provenance(runs)
+    models = model_provenance(runs, root)
     texts = {"report.md": markdown(rows, tables, title, notes, plots, models),
              "report.org": org(rows, tables, title, notes, plots, models),
              "report.tex": latex(rows, tables, title)}

@@ -83,28 +83,52 @@ def sweep(matrix: str, /, *, runs_dir: str | None = None, dry_run: bool = False,
     outcome: dict[str, tuple[str, str]] = {}
     started = time.perf_counter()
     n = 0
+    by_name = {c.name: c for c in p.cells}
+
+    def step(cell) -> bool:
+        """Run `cell` unless a cell it needs did not finish; False means stop the sweep (fail_fast)."""
+        nonlocal n
+        waiting = [need for need in cell.needs if outcome.get(need, ("skipped",))[0] not in
+                   ("skipped", "adopted", "ran", "resumed")]
+        if waiting:
+            why = outcome[waiting[0]][0]
+            outcome[cell.name] = ("busy" if why == "busy" else "blocked", f"needs {waiting[0]} ({why})")
+            log.warning("%s: not run: %s", cell.name, outcome[cell.name][1])
+            return True
+        if cell.name in todo_names:
+            n += 1
+            log.info("[%d/%d] %s: %s", n, len(todo), cell.name, cell.kind)
+        t0 = time.perf_counter()
+        outcome[cell.name] = run_cell(p, cell, registry, opts)
+        kind, detail = outcome[cell.name]
+        if kind == "failed":
+            log.error("%s: failed: %s (log: %s)", cell.name, detail, cell.folder(p.runs_dir) / "cell.log")
+            return not fail_fast
+        if kind != "skipped":
+            log.info("%s: %s in %.0f s%s", cell.name, kind, time.perf_counter() - t0, f": {detail}" if detail else "")
+        return True
+
     try:
+        # First pass: every cell that can run now. A cell whose dependency is running in another sweep (a shared
+        # conversion or MLM continuation) is put off, not dropped: the other cells go first.
+        deferred = []
         for cell in p.cells:
-            waiting = [need for need in cell.needs if outcome.get(need, ("skipped",))[0] not in
-                       ("skipped", "adopted", "ran", "resumed")]
-            if waiting:
-                why = outcome[waiting[0]][0]
-                outcome[cell.name] = ("busy" if why == "busy" else "blocked", f"needs {waiting[0]} ({why})")
-                log.warning("%s: not run: %s", cell.name, outcome[cell.name][1])
-                continue
-            if cell.name in todo_names:
-                n += 1
-                log.info("[%d/%d] %s: %s", n, len(todo), cell.name, cell.kind)
-            t0 = time.perf_counter()
-            outcome[cell.name] = run_cell(p, cell, registry, opts)
-            kind, detail = outcome[cell.name]
-            if kind == "failed":
-                log.error("%s: failed: %s (log: %s)", cell.name, detail, cell.folder(p.runs_dir) / "cell.log")
-                if fail_fast:
+            if any(outcome.get(need, ("",))[0] == "busy" for need in cell.needs):
+                outcome[cell.name] = ("busy", "waits for a dependency running in another sweep")
+                deferred.append(cell)
+            elif not step(cell):
+                break
+        else:
+            # Second pass, in plan order (a dependency before its dependents): wait for each dependency the other
+            # sweep holds, then take it up -- done there (skipped), or left unfinished (run or resumed here).
+            put_off = {c.name for c in deferred}
+            for cell in deferred:
+                for need in cell.needs:
+                    if outcome.get(need, ("",))[0] == "busy" and need not in put_off:
+                        log.info("%s: waiting for %s (%s)", cell.name, need, outcome[need][1])
+                        outcome[need] = run_cell(p, by_name[need], registry, opts, wait=True)
+                if not step(cell):
                     break
-            elif kind != "skipped":
-                log.info("%s: %s in %.0f s%s", cell.name, kind, time.perf_counter() - t0,
-                         f": {detail}" if detail else "")
     finally:
         registry.close()
     counts: dict[str, int] = {}

@@ -228,11 +228,11 @@ def _cell_info(p: Plan, cell: Cell, attempt: int | None, opts: Options) -> dict[
             "git_commit": opts.commit}
 
 
-def run_cell(p: Plan, cell: Cell, registry: Registry, opts: Options) -> tuple[str, str]:
-    """Run or skip one cell under its lock; returns (outcome, detail)."""
+def run_cell(p: Plan, cell: Cell, registry: Registry, opts: Options, wait: bool = False) -> tuple[str, str]:
+    """Run or skip one cell under its lock (`wait`: until another sweep releases it); returns (outcome, detail)."""
     folder = cell.folder(p.runs_dir)
     lock = cell_lock(p.runs_dir, cell.name)
-    if not lock.acquire():
+    if not lock.acquire(blocking=wait):
         return "busy", f"running in another sweep ({lock.holder()})"
     try:
         state = folder_state(cell, folder)

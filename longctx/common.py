@@ -70,9 +70,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def _json_value(value: Any) -> Any:
+    # A Python-API caller passes paths as Path objects (tests and the CLI pass str); a result must not be lost to
+    # json's TypeError after hours of training, so paths are written as the strings they stand for.
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False, default=_json_value) + "\n",
+                       encoding="utf-8")
     return Path(path)
 
 

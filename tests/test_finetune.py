@@ -37,8 +37,9 @@ def tiny_long(tiny_encoder_dir, tmp_path_factory):
 def test_finetune_writes_official_outputs(family, tiny_encoder_dir, qa_files, tmp_path):
     train, dev = qa_files
     out = tmp_path / "run"
-    metrics = finetune(model=str(tiny_encoder_dir(family, max_positions=128)), out=str(out), train_file=str(train),
-                       eval_file=str(dev), max_steps=6, eval_before=True, **TINY)
+    # paths given as Path objects, as a Python-API user does (the CLI gives strings)
+    metrics = finetune(model=tiny_encoder_dir(family, max_positions=128), out=out, train_file=train,
+                       eval_file=dev, max_steps=6, eval_before=True, **TINY)
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["eval"]["f1"] == metrics["eval"]["f1"] and set(on_disk["eval"]) >= {"exact_match", "f1"}
     assert on_disk["train"]["global_step"] == 6

@@ -102,20 +102,25 @@ def test_user_errors(tiny_long, qa_files, tmp_path, capsys):
 @pytest.mark.slow
 def test_minilm_learns_squad(minilm_dir, shared_file, tmp_path):
     """Issue #3's learning check with the defaults a user gets (the precision policy's `auto`: bf16 only on a CPU
-    that computes it natively, fp32 elsewhere): 1,000 SQuAD 1.1 train questions, 2 epochs, lr 1e-4, batch 16 ->
-    F1 >= 30 on 300 dev questions spread over all 48 articles (the untrained QA head scores F1 5-8)."""
+    that computes it natively, fp32 elsewhere): 400 SQuAD 1.1 train questions, 2 epochs, batch 8, lr 3e-4 ->
+    F1 >= 18 on 300 dev questions spread over all 48 articles (the untrained QA head scores F1 5-8).
+
+    Sized for `make test` under 20 minutes on a 2-core AVX2 CPU (issue #12), by measurement (bench/RESULTS.md,
+    "Fine-tuning learning check"): this job scored F1 27.1 with native bf16 and 26.6 with AVX2 kernels (fp32),
+    in about a third of the time of the former 1,000 questions x 2 epochs at batch 16, lr 1e-4 (F1 32.4)."""
     from longctx.data.squad import load_squad
 
     train = shared_file("squad-v1.1-explorer-derived/train-v1.1.explorer-derived.json")
     dev = load_squad(shared_file("squad-v1.1/dev-v1.1.json")).examples
     write_squad([dev[i * len(dev) // 300] for i in range(300)], tmp_path / "dev.json", "1.1")
     metrics = finetune(model=str(minilm_dir), out=str(tmp_path / "run"), train_file=str(train),
-                       eval_file=str(tmp_path / "dev.json"), max_train_samples=1000, num_train_epochs=2,
-                       learning_rate=1e-4, max_length=384, doc_stride=128, per_device_train_batch_size=16,
+                       eval_file=str(tmp_path / "dev.json"), max_train_samples=400, num_train_epochs=2,
+                       learning_rate=3e-4, max_length=384, doc_stride=128, per_device_train_batch_size=8,
                        save_model=False, logging_steps=25)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     print("MiniLM SQuAD learning check:", run["precision"], json.dumps(metrics["eval"]), json.dumps(metrics["train"]))
-    assert metrics["eval"]["f1"] >= 30
+    assert metrics["eval"]["f1"] >= 18
+
 
 def test_triviaqa_finetune_scores_with_official_metric(tiny_encoder_dir, tmp_path):
     """TriviaQA fixture (official layout) through finetune: (question, document) records, alias spans,

@@ -108,15 +108,11 @@ def test_minilm_learns_squad(minilm_dir, shared_file, tmp_path):
     Sized for `make test` under 20 minutes on a 2-core AVX2 CPU (issue #12), by measurement (bench/RESULTS.md,
     "Fine-tuning learning check"): this job scored F1 27.1 with native bf16 and 26.6 with AVX2 kernels (fp32),
     in about a third of the time of the former 1,000 questions x 2 epochs at batch 16, lr 1e-4 (F1 32.4)."""
-    from longctx.data.squad import load_squad
-
-    train = shared_file("squad-v1.1-explorer-derived/train-v1.1.explorer-derived.json")
-    dev = load_squad(shared_file("squad-v1.1/dev-v1.1.json")).examples
-    write_squad([dev[i * len(dev) // 300] for i in range(300)], tmp_path / "dev.json", "1.1")
-    metrics = finetune(model=str(minilm_dir), out=str(tmp_path / "run"), train_file=str(train),
-                       eval_file=str(tmp_path / "dev.json"), max_train_samples=400, num_train_epochs=2,
-                       learning_rate=3e-4, max_length=384, doc_stride=128, per_device_train_batch_size=8,
-                       save_model=False, logging_steps=25)
+    metrics = finetune(model=str(minilm_dir), out=str(tmp_path / "run"),
+                       train_file=shared_file("squad-v1.1-explorer-derived/train-v1.1.explorer-derived.json"),
+                       eval_file=shared_file("squad-v1.1/dev-v1.1.json"), max_eval_samples=300, eval_sample="spread",
+                       max_train_samples=400, num_train_epochs=2, learning_rate=3e-4, max_length=384,
+                       doc_stride=128, per_device_train_batch_size=8, save_model=False, logging_steps=25)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     print("MiniLM SQuAD learning check:", run["precision"], json.dumps(metrics["eval"]), json.dumps(metrics["train"]))
     assert metrics["eval"]["f1"] >= 18

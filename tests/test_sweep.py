@@ -422,14 +422,14 @@ def test_converted_model_is_prepared_once_and_its_pretraining_curve_is_reported(
     assert [(r["model"], r["dataset"], r["n"]) for r in result["rows"]] == [("tiny-long", "qa", 2)]
 
 
-def test_a_dependency_busy_in_another_sweep_is_waited_for_not_skipped(tmp_path, tiny_encoder_dir, qa_files):
+def test_a_dependency_busy_in_another_sweep_is_waited_for_not_skipped(tmp_path, tiny_encoder_dir, qa_files,
+                                                                       warnings):
     """Two sweeps on one runs folder: when the other one holds a shared dependency (here the conversion), this one
     puts the dependent cells off, waits for the lock, and takes the dependency up (the other sweep died without
     finishing it, so it is run here), then runs the dependents -- none is left behind as busy."""
     import logging
     import threading
 
-    from longctx.common import log
     from longctx.sweep.registry import cell_lock
 
     runs = tmp_path / "runs"
@@ -440,18 +440,9 @@ def test_a_dependency_busy_in_another_sweep_is_waited_for_not_skipped(tmp_path, 
     other = cell_lock(runs, "_models/tiny-long/convert")
     assert other.acquire()  # "another sweep" (a second open file: flock conflicts within one process too)
     threading.Timer(2.0, other.release).start()
-    messages: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    level = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
-        summary = sweep(str(matrix), isolate=False)
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
-    assert "tiny-long/qa/seed-1: waiting for _models/tiny-long/convert" in "\n".join(messages)
+    warnings.set_level(logging.INFO, logger="longctx")  # the wait is logged at INFO
+    summary = sweep(str(matrix), isolate=False)
+    assert "tiny-long/qa/seed-1: waiting for _models/tiny-long/convert" in warnings.text
     assert [(c["cell"], c["outcome"]) for c in summary["cells"]] == [
         ("_models/tiny-long/convert", "ran"), ("tiny-long/qa/seed-1", "ran"), ("tiny-long/qa/seed-2", "ran")]
     assert set(_cells(runs)) == {"_models/tiny-long/convert", "tiny-long/qa/seed-1", "tiny-long/qa/seed-2"}

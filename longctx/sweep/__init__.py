@@ -90,9 +90,8 @@ def sweep(matrix: str, /, *, runs_dir: str | None = None, dry_run: bool = False,
         nonlocal n
         waiting = [need for need in cell.needs if outcome.get(need, ("skipped",))[0] not in
                    ("skipped", "adopted", "ran", "resumed")]
-        if waiting:
-            why = outcome[waiting[0]][0]
-            outcome[cell.name] = ("busy" if why == "busy" else "blocked", f"needs {waiting[0]} ({why})")
+        if waiting:  # failed or blocked (a busy dependency was waited for, or put this cell off)
+            outcome[cell.name] = ("blocked", f"needs {waiting[0]} ({outcome[waiting[0]][0]})")
             log.warning("%s: not run: %s", cell.name, outcome[cell.name][1])
             return True
         if cell.name in todo_names:

@@ -182,15 +182,31 @@ def new_mlm_head(model, head) -> None:
                     p.zero_()
 
 
-def load_qa_model(model: str | os.PathLike, fast_attention: bool = True):
-    """(tokenizer, QA model) from a folder or hub name, prepared (see `prepare`)."""
+# Where encoder configs keep the dropout on attention probabilities (BERT/RoBERTa/XLM-R/Longformer/ELECTRA;
+# DistilBERT-style).
+ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+def load_qa_model(model: str | os.PathLike, fast_attention: bool = True, attention_dropout: float | None = None):
+    """(tokenizer, QA model) from a folder or hub name, prepared (see `prepare`); `attention_dropout` (when not
+    None) replaces the config's dropout on attention probabilities."""
     from transformers import AutoModelForQuestionAnswering
 
     name = resolve_model(model)
     tokenizer = load_tokenizer(name)
+    overrides = {}
+    if attention_dropout is not None:
+        config = load_config(name)
+        field = next((f for f in ATTENTION_DROPOUT_FIELDS if hasattr(config, f)), None)
+        if field is None:
+            log.info("%s: %s has no attention-dropout setting; attention_dropout left as the model has it",
+                     model, config.model_type)
+        elif getattr(config, field) != attention_dropout:
+            setattr(config, field, attention_dropout)
+            overrides["config"] = config
     with quiet_transformers():  # a fresh QA head on an MLM checkpoint is expected, not news
         try:
-            net, info = AutoModelForQuestionAnswering.from_pretrained(name, output_loading_info=True)
+            net, info = AutoModelForQuestionAnswering.from_pretrained(name, output_loading_info=True, **overrides)
         except load_errors() as e:
             raise LongctxError(f"{model}: cannot load a QA model ({_first_line(e)})") from None
     if any(k.startswith("qa_outputs") for k in info["missing_keys"]):

@@ -52,6 +52,9 @@ def test_finetune_writes_official_outputs(family, tiny_encoder_dir, qa_files, tm
     run = json.loads((out / "run.json").read_text())
     assert run["seed"] == 42 and run["config"]["max_length"] == 96 and "transformers" in run["versions"]
     assert "git_commit" in run
+    assert run["config"]["attention_dropout"] == 0.0  # the default, recorded with the model that trained with it
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["attention_probs_dropout_prob"] == 0.0
     assert any((out / "tensorboard").iterdir())
     assert (out / "model" / "model.safetensors").is_file()
 
@@ -102,12 +105,13 @@ def test_user_errors(tiny_long, qa_files, tmp_path, capsys):
 @pytest.mark.slow
 def test_minilm_learns_squad(minilm_dir, shared_file, tmp_path):
     """Issue #3's learning check with the defaults a user gets (the precision policy's `auto`: bf16 only on a CPU
-    that computes it natively, fp32 elsewhere): 400 SQuAD 1.1 train questions, 2 epochs, batch 8, lr 3e-4 ->
-    F1 >= 18 on 300 dev questions spread over all 48 articles (the untrained QA head scores F1 5-8).
+    that computes it natively, fp32 elsewhere; no attention dropout): 400 SQuAD 1.1 train questions, 2 epochs,
+    batch 8, lr 3e-4 -> F1 >= 11 on 300 dev questions spread over all 48 articles (the untrained QA head scores
+    F1 5-8).
 
     Sized for `make test` under 20 minutes on a 2-core AVX2 CPU (issue #12), by measurement (bench/RESULTS.md,
-    "Fine-tuning learning check"): this job scored F1 27.1 with native bf16 and 26.6 with AVX2 kernels (fp32),
-    in about a third of the time of the former 1,000 questions x 2 epochs at batch 16, lr 1e-4 (F1 32.4)."""
+    "Fine-tuning learning check"): with this seed F1 16.1 with native bf16 and with AVX2 kernels (fp32); other
+    seeds 12.8-14.0 (attention dropout 0.1, the former default: 11.6-14.9, and 27.1 with this seed)."""
     metrics = finetune(model=str(minilm_dir), out=str(tmp_path / "run"),
                        train_file=shared_file("squad-v1.1-explorer-derived/train-v1.1.explorer-derived.json"),
                        eval_file=shared_file("squad-v1.1/dev-v1.1.json"), max_eval_samples=300, eval_sample="spread",
@@ -115,7 +119,7 @@ def test_minilm_learns_squad(minilm_dir, shared_file, tmp_path):
                        doc_stride=128, per_device_train_batch_size=8, save_model=False, logging_steps=25)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     print("MiniLM SQuAD learning check:", run["precision"], json.dumps(metrics["eval"]), json.dumps(metrics["train"]))
-    assert metrics["eval"]["f1"] >= 18
+    assert metrics["eval"]["f1"] >= 11
 
 
 def test_triviaqa_finetune_scores_with_official_metric(tiny_encoder_dir, tmp_path):
@@ -224,6 +228,19 @@ def test_score_line_shows_hasans_and_noans_for_squad_v2():
           "NoAns_exact": 80.0, "NoAns_f1": 80.0, "NoAns_total": 5, "eval_examples": 10}
     assert score_line("runs/x", v2) == ("runs/x: EM 70.00  F1 72.50  |  HasAns EM 60.00  F1 65.00  |  "
                                         "NoAns EM 80.00  F1 80.00  (10 questions)")
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1", "lots"])
+def test_attention_dropout_out_of_range_is_one_line_before_any_work(value, qa_files, tmp_path, capsys):
+    from longctx.cli import main
+
+    train, _ = qa_files
+    out = tmp_path / "run"
+    assert main(["finetune", "--model", str(tmp_path / "no-such-model"), "--train-file", str(train), "--out",
+                 str(out), "--attention-dropout", value]) == 2
+    err = capsys.readouterr().err
+    assert "attention_dropout" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_tracker_choice_is_checked_before_any_model_is_loaded(qa_files, tmp_path, capsys, monkeypatch):

@@ -158,3 +158,48 @@ def test_loaded_longformer_gets_the_guard_and_fast_attention_when_asked(fast, tm
     for m in (model, qa):
         with pytest.raises(LongctxError, match="input of 65 tokens is longer than the model's 64 positions"):
             m(input_ids=torch.full((1, 65), 5))
+
+
+def _attention_kernels(model) -> set[str]:
+    """The SDPA kernels one training forward and backward of `model` runs (a padded batch of two)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.train()
+    ids = torch.full((2, 24), 5)
+    mask = torch.ones_like(ids)
+    mask[1, 16:] = 0
+    extra = {}
+    if model.config.model_type == "longformer":  # a question of 3 tokens, attended globally
+        extra["global_attention_mask"] = torch.zeros_like(ids)
+        extra["global_attention_mask"][:, :3] = 1
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(input_ids=ids, attention_mask=mask, **extra).start_logits.sum().backward()
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key and "backward" not in e.key}
+
+
+def test_attention_dropout_zero_lets_the_fused_attention_kernel_run(tiny_encoder_dir, tmp_path):
+    # Why finetune's attention_dropout defaults to 0: PyTorch's fused (flash) attention has no dropout on CPU, so
+    # the 0.1 of BERT-family configs sends every training step down the unfused math path (bench/RESULTS.md).
+    from longctx.testing import train_tokenizer
+
+    bert = str(tiny_encoder_dir("bert", max_positions=128))
+    _, own = load_qa_model(bert)  # None: the model's own setting
+    assert own.config.attention_probs_dropout_prob == 0.1
+    assert any("math" in k for k in _attention_kernels(own))
+    _, fused = load_qa_model(bert, attention_dropout=0.0)
+    assert fused.config.attention_probs_dropout_prob == 0.0
+    kernels = _attention_kernels(fused)
+    assert kernels and not any("math" in k for k in kernels), kernels
+
+    config, _ = _tiny_longformer(positions=64)  # longctx's SDPA Longformer attention follows the same setting
+    tokenizer = train_tokenizer("roberta", ["a few words to learn from"] * 10, vocab_size=300)
+    config.vocab_size = len(tokenizer)
+    from transformers import LongformerForQuestionAnswering
+
+    LongformerForQuestionAnswering(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    _, long_own = load_qa_model(str(tmp_path))
+    assert uses_fast_attention(long_own) and any("math" in k for k in _attention_kernels(long_own))
+    _, long_fused = load_qa_model(str(tmp_path), attention_dropout=0.0)
+    kernels = _attention_kernels(long_fused)
+    assert kernels and not any("math" in k for k in kernels), kernels

@@ -11,41 +11,8 @@ in fp32 and (where the CPU computes it natively) bf16 autocast, and prints the r
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-
-def step_seconds(attention_dropout: float | None, precision: str, batch: int, length: int, steps: int) -> float:
-    import torch
-
-    from longctx.models import BUNDLED_MINILM, load_qa_model
-
-    torch.manual_seed(0)
-    _, model = load_qa_model(BUNDLED_MINILM, attention_dropout=attention_dropout)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    ids = torch.randint(1000, 20000, (batch, length))
-    mask = torch.ones_like(ids)
-    mask[::3, length * 5 // 6:] = 0  # a third of the windows padded, as in a length bucket
-    zeros = torch.zeros(batch, dtype=torch.long)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
-
-    def step() -> None:
-        with autocast():
-            out = model(input_ids=ids, attention_mask=mask, start_positions=zeros, end_positions=zeros)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad()
-
-    step()  # warm-up: allocations, kernel choice
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps
+from minilm_step import step_seconds  # bench/ is this script's folder, first on sys.path
 
 
 def main() -> None:
@@ -64,8 +31,8 @@ def main() -> None:
           f"threads | {why}")
     for precision in ["fp32"] + (["bf16"] if native else []):
         for length in a.lengths:
-            own = step_seconds(None, precision, a.batch, length, a.steps)
-            none = step_seconds(0.0, precision, a.batch, length, a.steps)
+            own = step_seconds(a.batch, length, a.steps, precision=precision, padded=True)
+            none = step_seconds(a.batch, length, a.steps, attention_dropout=0.0, precision=precision, padded=True)
             print(f"{precision} batch {a.batch} x {length}: attention dropout 0.1 {own:.2f} s/step, 0 {none:.2f} "
                   f"s/step: {own / none:.2f}x", flush=True)
 

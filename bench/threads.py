@@ -15,35 +15,15 @@ import json
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from minilm_step import step_seconds  # bench/ is this script's folder, first on sys.path
 
 
 def child(batch: int, length: int, steps: int) -> None:
     import torch
 
-    from longctx.models import BUNDLED_MINILM, load_qa_model
-
-    torch.manual_seed(0)
-    _, model = load_qa_model(BUNDLED_MINILM)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    ids = torch.randint(1000, 20000, (batch, length))
-    zeros = torch.zeros(batch, dtype=torch.long)
-
-    def step() -> None:
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), start_positions=zeros, end_positions=zeros)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad()
-
-    step()  # warm-up: allocations, kernel choice
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    print("RESULT " + json.dumps({"threads": torch.get_num_threads(), "s_per_step": (time.perf_counter() - t0) / steps}),
-          flush=True)
+    seconds = step_seconds(batch, length, steps)  # the model's own attention dropout, no padding
+    print("RESULT " + json.dumps({"threads": torch.get_num_threads(), "s_per_step": seconds}), flush=True)
 
 
 def launch(n: int, threads: int, args: argparse.Namespace) -> list[dict]:

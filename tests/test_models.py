@@ -178,7 +178,7 @@ def _attention_kernels(model) -> set[str]:
 
 
 def test_attention_dropout_zero_lets_the_fused_attention_kernel_run(tiny_encoder_dir, tmp_path):
-    # Why finetune's attention_dropout defaults to 0: PyTorch's fused (flash) attention has no dropout on CPU, so
+    # What finetune's --attention-dropout 0 is for: PyTorch's fused (flash) attention has no dropout on CPU, so
     # the 0.1 of BERT-family configs sends every training step down the unfused math path (bench/RESULTS.md).
     from longctx.testing import train_tokenizer
 

@@ -2,6 +2,7 @@
 guard and fast attention, model facts, and the shared copy of Longformer's global projections."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -160,21 +161,38 @@ def test_loaded_longformer_gets_the_guard_and_fast_attention_when_asked(fast, tm
             m(input_ids=torch.full((1, 65), 5))
 
 
-def _attention_kernels(model) -> set[str]:
-    """The SDPA kernels one training forward and backward of `model` runs (a padded batch of two)."""
-    from torch.profiler import ProfilerActivity, profile
+_KERNELS = """
+import json, sys, torch
+from torch.profiler import ProfilerActivity, profile
+from longctx.models import load_qa_model
+_, model = load_qa_model(sys.argv[1], attention_dropout=json.loads(sys.argv[2]))
+model.train()
+ids = torch.full((2, 24), 5)
+mask = torch.ones_like(ids)
+mask[1, 16:] = 0
+extra = {}
+if model.config.model_type == "longformer":  # a question of 3 tokens, attended globally
+    extra["global_attention_mask"] = torch.zeros_like(ids)
+    extra["global_attention_mask"][:, :3] = 1
+with profile(activities=[ProfilerActivity.CPU]) as prof:
+    model(input_ids=ids, attention_mask=mask, **extra).start_logits.sum().backward()
+print(json.dumps({"dropout": model.config.attention_probs_dropout_prob,
+                  "kernels": sorted({e.key for e in prof.key_averages()
+                                     if "scaled_dot_product" in e.key and "backward" not in e.key})}))
+"""
 
-    model.train()
-    ids = torch.full((2, 24), 5)
-    mask = torch.ones_like(ids)
-    mask[1, 16:] = 0
-    extra = {}
-    if model.config.model_type == "longformer":  # a question of 3 tokens, attended globally
-        extra["global_attention_mask"] = torch.zeros_like(ids)
-        extra["global_attention_mask"][:, :3] = 1
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        model(input_ids=ids, attention_mask=mask, **extra).start_logits.sum().backward()
-    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key and "backward" not in e.key}
+
+def _attention_kernels(model_dir, attention_dropout: float | None) -> tuple[float, set[str]]:
+    """(the loaded model's attention dropout, the SDPA kernels one training forward and backward runs on a padded
+    batch of two). In a child process: the profiler left state behind that changed a later in-process training
+    run of this suite (tests/test_torchrun.py's single-process losses)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _KERNELS, str(model_dir), json.dumps(attention_dropout)],
+                          capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["dropout"], set(result["kernels"])
 
 
 def test_attention_dropout_zero_lets_the_fused_attention_kernel_run(tiny_encoder_dir, tmp_path):
@@ -183,12 +201,10 @@ def test_attention_dropout_zero_lets_the_fused_attention_kernel_run(tiny_encoder
     from longctx.testing import train_tokenizer
 
     bert = str(tiny_encoder_dir("bert", max_positions=128))
-    _, own = load_qa_model(bert)  # None: the model's own setting
-    assert own.config.attention_probs_dropout_prob == 0.1
-    assert any("math" in k for k in _attention_kernels(own))
-    _, fused = load_qa_model(bert, attention_dropout=0.0)
-    assert fused.config.attention_probs_dropout_prob == 0.0
-    kernels = _attention_kernels(fused)
+    dropout, kernels = _attention_kernels(bert, None)  # None: the model's own setting
+    assert dropout == 0.1 and any("math" in k for k in kernels)
+    dropout, kernels = _attention_kernels(bert, 0.0)
+    assert dropout == 0.0
     assert kernels and not any("math" in k for k in kernels), kernels
 
     config, _ = _tiny_longformer(positions=64)  # longctx's SDPA Longformer attention follows the same setting
@@ -199,7 +215,7 @@ def test_attention_dropout_zero_lets_the_fused_attention_kernel_run(tiny_encoder
     LongformerForQuestionAnswering(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     _, long_own = load_qa_model(str(tmp_path))
-    assert uses_fast_attention(long_own) and any("math" in k for k in _attention_kernels(long_own))
-    _, long_fused = load_qa_model(str(tmp_path), attention_dropout=0.0)
-    kernels = _attention_kernels(long_fused)
+    assert uses_fast_attention(long_own)
+    assert any("math" in k for k in _attention_kernels(tmp_path, None)[1])
+    kernels = _attention_kernels(tmp_path, 0.0)[1]
     assert kernels and not any("math" in k for k in kernels), kernels

@@ -11,17 +11,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def step_seconds(batch: int, length: int, steps: int, *, attention_dropout: float | None = None,
-                 precision: str = "fp32", padded: bool = False) -> float:
+                 precision: str = "fp32", padded: bool = False, fast: bool = True) -> float:
     """Mean seconds per step of the real MiniLM-L6 QA model on random ids, after one warm-up step.
 
     attention_dropout: None keeps the model's own (0.1). precision: fp32, or bf16 (CPU autocast).
-    padded: pad a third of the windows by a sixth of `length`, as in a length bucket."""
+    padded: pad a third of the windows by a sixth of `length`, as in a length bucket.
+    fast: the model as finetune loads it (longctx.fastcpu's dropout kernels and allocator setting); False: as
+    transformers computes it (the reference pipeline's load)."""
     import torch
 
     from longctx.models import BUNDLED_MINILM, load_qa_model
 
     torch.manual_seed(0)
-    _, model = load_qa_model(BUNDLED_MINILM, attention_dropout=attention_dropout)
+    _, model = load_qa_model(BUNDLED_MINILM, attention_dropout=attention_dropout, fast_attention=fast)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     ids = torch.randint(1000, 20000, (batch, length))

@@ -5,7 +5,8 @@ re-packing; on CPU that is slower than plain full attention below ~2k tokens and
 768-wide layer at 4096 tokens (issue #9). `LongformerSDPAAttention` computes exactly the same function
 (same weights, same masks, same outputs and gradients to float rounding) with
 `torch.nn.functional.scaled_dot_product_attention`, which dispatches to fused kernels (flash/efficient
-attention on CUDA, the flash kernel on CPU) and never materialises the probabilities:
+attention on CUDA, the flash kernel on CPU) and never materialises the probabilities (with attention dropout on
+CPU, where the flash kernel has none, `longctx.fastcpu.attention` computes them with a cheap dropout mask):
 
 * **Local rows.** The (padded) sequence is cut into blocks of `w` tokens (`w` = one-sided window =
   `attention_window[layer] // 2`). Block `i`'s queries attend to the keys of blocks `i-1, i, i+1` (`3w`
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
 
 from longctx.common import LongctxError, log
+from longctx.fastcpu import attention  # SDPA; with dropout on CPU, a cheaper mask than SDPA's math path
 
 __all__ = ["LongformerSDPAAttention", "enable", "disable", "enabled_layers", "sliding_window_attention",
            "global_attention"]
@@ -108,7 +110,7 @@ def sliding_window_attention(
     own = F.pad(rel == 0, (0, G), value=False)
     mask = (mask | (qmask & own)).view(B * nb, 1, b, span + G)
 
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout_p)
+    out = attention(qb, kb, vb, mask, dropout_p=dropout_p)
     out = out.view(B, nb, H, b, d).transpose(2, 3).reshape(B, nb * b, E)[:, :L]
     return out.masked_fill(query_masked[:, :, None], 0.0)
 
@@ -127,9 +129,9 @@ def global_attention(
     mask = key_ok[:, None, None, :]
     if query_ok is not None:
         mask = mask | ~query_ok[:, None, :, None]
-    out = F.scaled_dot_product_attention(
+    out = attention(
         q.view(B, G, H, d).transpose(1, 2), k.view(B, L, H, d).transpose(1, 2), v.view(B, L, H, d).transpose(1, 2),
-        attn_mask=mask, dropout_p=dropout_p)
+        mask, dropout_p=dropout_p)
     return out.transpose(1, 2).reshape(B, G, E)
 
 

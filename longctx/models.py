@@ -7,8 +7,10 @@ evaluate), `load_seq2seq` (T5 fine-tuning) and `load_tokenizer`. One place there
   or a folder without `config.json`, is a one-line error before transformers is asked anything;
 * **quiet loading** (`quiet_transformers`): load reports and progress bars are noise here (a fresh QA head
   on an MLM checkpoint is expected), errors still surface as one-line LongctxErrors naming the model;
-* **what a loaded model gets** (`prepare`): the length guard (`add_length_guard`) on every model and, for
-  Longformer, longctx's exact SDPA attention (`longctx.attention.enable`) when asked.
+* **what a loaded model gets** (`prepare`): the length guard (`add_length_guard`) on every model and, when
+  `fast_attention` is asked (training and evaluation verbs; not the reference pipeline): for Longformer,
+  longctx's exact SDPA attention (`longctx.attention.enable`), and for every encoder the CPU dropout kernels
+  and allocator setting of `longctx.fastcpu.enable`.
 
 A masked LM without a head in its checkpoint gets a fresh one only when asked (`new_mlm_head`,
 tied to the input embeddings like the BERT/RoBERTa families' MLM heads).
@@ -235,11 +237,16 @@ def load_seq2seq(model: str | os.PathLike):
 
 
 def prepare(model, *, fast_attention: bool = False):
-    """The length guard, and fast attention for Longformer when asked (encoders; T5's relative positions
-    have no hard limit, so `load_seq2seq` does not call this)."""
+    """The length guard, and when asked longctx's fast kernels: the exact SDPA attention for Longformer, and CPU
+    dropout and attention dropout without torch's per-element random draws (`longctx.fastcpu`; same
+    distribution). Encoders only: T5's relative positions have no hard limit, so `load_seq2seq` does not call
+    this."""
     add_length_guard(model)
     if fast_attention:
         enable_fast_attention(model)
+        from longctx.fastcpu import enable
+
+        enable(model)
     return model
 
 

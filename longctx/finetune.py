@@ -278,7 +278,9 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
         group_by_length: batch windows of similar length from small random buckets (less padding, batches stay
             diverse; see longctx.qa.batching).
         bucket_batches: batches per length bucket when group_by_length (larger: less padding, less diverse).
-        fast_attention: use longctx's SDPA sliding-window attention for Longformer models.
+        fast_attention: longctx's kernels: exact SDPA sliding-window attention for Longformer, and on CPU
+            dropout (attention dropout too) from cheap masks, same distribution (longctx.fastcpu); off:
+            transformers' own.
         attention_dropout: dropout on attention probabilities while fine-tuning (default: the model's own, 0.1 in
             BERT-family configs). 0 lets PyTorch's fused attention kernel run, which has no dropout on CPU:
             1.4-2.4x faster CPU steps, the same SQuAD F1 for MiniLM, but less learnt on the demo's long-context
@@ -453,7 +455,9 @@ def evaluate(*, model: str, data: str, out: str | None = None,
         per_device_eval_batch_size: windows per batch.
         precision: auto (bf16 where the GPU or CPU computes it natively, fp16 on older GPUs, else fp32),
             fp32, fp16 or bf16.
-        fast_attention: use longctx's SDPA sliding-window attention for Longformer models.
+        fast_attention: longctx's kernels: exact SDPA sliding-window attention for Longformer, and on CPU
+            dropout (attention dropout too) from cheap masks, same distribution (longctx.fastcpu); off:
+            transformers' own.
         n_best: candidate spans kept per example.
         max_answer_length: longest answer in tokens.
         null_threshold: SQuAD 2.0 null-answer threshold.

@@ -301,7 +301,9 @@ def pretrain(
         source_model: model for the before-training comparison; default: the model the folder was
             converted from; none: skip the comparison (skipped too when the MLM head is new).
         source_max_len: block size for the source model in that comparison (at most its positions).
-        fast_attention: use longctx.attention's exact SDPA Longformer attention when available.
+        fast_attention: longctx's kernels: exact SDPA sliding-window attention for Longformer, and on CPU
+            dropout (attention dropout too) from cheap masks, same distribution (longctx.fastcpu); off:
+            transformers' own.
         seed: seed for initialisation order, data order and training masks.
         resume: continue from the last checkpoint in out/checkpoints.
         force: start over in a non-empty output folder (removes an earlier run's outputs there).

@@ -165,7 +165,7 @@ _KERNELS = """
 import json, sys, torch
 from torch.profiler import ProfilerActivity, profile
 from longctx.models import load_qa_model
-_, model = load_qa_model(sys.argv[1], attention_dropout=json.loads(sys.argv[2]))
+_, model = load_qa_model(sys.argv[1], attention_dropout=json.loads(sys.argv[2]), fast_attention=sys.argv[3] == "1")
 model.train()
 ids = torch.full((2, 24), 5)
 mask = torch.ones_like(ids)
@@ -178,34 +178,44 @@ with profile(activities=[ProfilerActivity.CPU]) as prof:
     model(input_ids=ids, attention_mask=mask, **extra).start_logits.sum().backward()
 print(json.dumps({"dropout": model.config.attention_probs_dropout_prob,
                   "kernels": sorted({e.key for e in prof.key_averages()
-                                     if "scaled_dot_product" in e.key and "backward" not in e.key})}))
+                                     if ("scaled_dot_product" in e.key and "backward" not in e.key)
+                                     or e.key == "aten::_softmax"})}))
 """
 
 
-def _attention_kernels(model_dir, attention_dropout: float | None) -> tuple[float, set[str]]:
-    """(the loaded model's attention dropout, the SDPA kernels one training forward and backward runs on a padded
-    batch of two). In a child process: the profiler left state behind that changed a later in-process training
+def _attention_kernels(model_dir, attention_dropout: float | None, fast: bool = True) -> tuple[float, set[str]]:
+    """(the loaded model's attention dropout, the SDPA kernels and explicit softmaxes of one training forward and
+    backward on a padded batch of two; `fast`: load_qa_model's fast_attention). In a child process: the profiler left state behind that changed a later in-process training
     run of this suite (tests/test_torchrun.py's single-process losses)."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _KERNELS, str(model_dir), json.dumps(attention_dropout)],
+    done = subprocess.run([sys.executable, "-c", _KERNELS, str(model_dir), json.dumps(attention_dropout),
+                           "1" if fast else "0"],
                           capture_output=True, text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return result["dropout"], set(result["kernels"])
 
 
-def test_attention_dropout_zero_lets_the_fused_attention_kernel_run(tiny_encoder_dir, tmp_path):
-    # What finetune's --attention-dropout 0 is for: PyTorch's fused (flash) attention has no dropout on CPU, so
-    # the 0.1 of BERT-family configs sends every training step down the unfused math path (bench/RESULTS.md).
+def test_attention_never_takes_sdpas_math_path_and_is_fused_without_dropout(tiny_encoder_dir, tmp_path):
+    # PyTorch's fused (flash) attention has no dropout on CPU: with the 0.1 of BERT-family configs, transformers'
+    # own path (the reference pipeline's load) runs SDPA's math kernel; longctx's (longctx.fastcpu) computes the
+    # probabilities itself with a cheap dropout mask; with --attention-dropout 0 both run the fused kernel.
     from longctx.testing import train_tokenizer
 
+    def on_math(kernels):
+        return any("math" in k for k in kernels)
+
+    def fused(kernels):
+        return any("flash" in k for k in kernels) and not on_math(kernels)
+
     bert = str(tiny_encoder_dir("bert", max_positions=128))
-    dropout, kernels = _attention_kernels(bert, None)  # None: the model's own setting
-    assert dropout == 0.1 and any("math" in k for k in kernels)
+    dropout, kernels = _attention_kernels(bert, None, fast=False)  # None: the model's own setting
+    assert dropout == 0.1 and on_math(kernels), kernels
+    dropout, kernels = _attention_kernels(bert, None)
+    assert dropout == 0.1 and not on_math(kernels) and "aten::_softmax" in kernels, kernels
     dropout, kernels = _attention_kernels(bert, 0.0)
-    assert dropout == 0.0
-    assert kernels and not any("math" in k for k in kernels), kernels
+    assert dropout == 0.0 and fused(kernels) and "aten::_softmax" not in kernels, kernels
 
     config, _ = _tiny_longformer(positions=64)  # longctx's SDPA Longformer attention follows the same setting
     tokenizer = train_tokenizer("roberta", ["a few words to learn from"] * 10, vocab_size=300)
@@ -216,6 +226,7 @@ def test_attention_dropout_zero_lets_the_fused_attention_kernel_run(tiny_encoder
     tokenizer.save_pretrained(tmp_path)
     _, long_own = load_qa_model(str(tmp_path))
     assert uses_fast_attention(long_own)
-    assert any("math" in k for k in _attention_kernels(tmp_path, None)[1])
+    kernels = _attention_kernels(tmp_path, None)[1]
+    assert not on_math(kernels) and "aten::_softmax" in kernels, kernels
     kernels = _attention_kernels(tmp_path, 0.0)[1]
-    assert kernels and not any("math" in k for k in kernels), kernels
+    assert fused(kernels) and "aten::_softmax" not in kernels, kernels

@@ -103,19 +103,29 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 
     With dropout on a CPU tensor, the probabilities are computed explicitly (as SDPA's math path does) and
     dropped with `drop_mask`; the 1 / (1 - p) scaling is applied to the [.., L, d] output, not to the [.., L, L]
-    probabilities. `mask`: bool (True = attend) or additive float, broadcastable to [.., L_q, L_k]."""
+    probabilities. `mask`: bool (True = attend) or additive float, broadcastable to [.., L_q, L_k].
+
+    Scores and softmax are computed in fp32 for bf16/fp16 inputs, as SDPA's CPU kernels (math and flash) do:
+    bf16 scores alone doubled the output's error against fp32 (mean |error| 0.0094 vs SDPA's 0.0047) and cost
+    learning (the demo's F1 79 / 15 against 100 / 35 at seeds 0 / 1). The probabilities then go to the values'
+    dtype for the second matmul. Under autocast the inputs are first cast as autocast casts SDPA's."""
     if not _fast(q, dropout_p, True):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    if torch.is_autocast_enabled("cpu"):  # SDPA is on CPU autocast's lower-precision list
+        low = torch.get_autocast_dtype("cpu")
+        q, k, v = q.to(low), k.to(low), v.to(low)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = torch.matmul(q * scale, k.transpose(-1, -2))  # scaled on the [.., L, d] side: less to touch
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores.add_(mask)
-    probs = torch.softmax(scores, dim=-1)
-    probs = torch.where(drop_mask(probs.shape, dropout_p, probs.device), 0.0, probs)
-    return torch.matmul(probs.to(v.dtype), v).mul_(1.0 / (1.0 - dropout_p))
+    with torch.autocast("cpu", enabled=False):  # the fp32 scores below must not be cast back down
+        acc = torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype
+        scores = torch.matmul(q.to(acc) * scale, k.to(acc).transpose(-1, -2))  # scaled on the [.., L, d] side
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill_(~mask, torch.finfo(acc).min)
+            else:
+                scores = scores.add_(mask)
+        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        probs = torch.where(drop_mask(probs.shape, dropout_p, probs.device), 0.0, probs)
+        return torch.matmul(probs, v).mul_(1.0 / (1.0 - dropout_p))
 
 
 def hf_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -161,3 +161,19 @@ def test_keep_freed_memory_is_set_unless_the_user_set_glibcs_own_variables():
 
     assert run({}) is True
     assert run({"MALLOC_TRIM_THRESHOLD_": "131072"}) is False
+
+
+def test_attention_in_bf16_computes_scores_in_fp32_as_sdpa_does():
+    # bf16 scores doubled the error against fp32 and cost the demo F1; SDPA's CPU kernels accumulate in fp32.
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 256, 32) * 2 for _ in range(3))
+    exact = F.scaled_dot_product_attention(q, k, v)
+    low = [t.bfloat16() for t in (q, k, v)]
+    sdpa_error = (F.scaled_dot_product_attention(*low).float() - exact).abs().mean()
+    tiny = 2.0**-18  # under drop_mask's 1/65536 resolution: nothing is dropped, so the outputs compare
+    out = attention(*low, None, dropout_p=tiny)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - exact).abs().mean() < 1.25 * sdpa_error
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 inputs under autocast: cast as SDPA's would be
+        auto = attention(q, k, v, None, dropout_p=tiny)
+    assert auto.dtype == torch.bfloat16 and torch.equal(auto, out)

@@ -283,8 +283,9 @@ def finetune(*, model: str, out: str, train_file: str | None = None, eval_file: 
             transformers' own.
         attention_dropout: dropout on attention probabilities while fine-tuning (default: the model's own, 0.1 in
             BERT-family configs). 0 lets PyTorch's fused attention kernel run, which has no dropout on CPU:
-            faster CPU steps (1.4-2.4x against torch's dropout; less against longctx.fastcpu's), the same SQuAD F1 for MiniLM, but less learnt on the demo's long-context
-            task, so it is not the default (bench/RESULTS.md).
+            faster CPU steps (1.4-2.4x against torch's dropout; less against longctx.fastcpu's), the same
+            SQuAD F1 for MiniLM, but less learnt on the demo's long-context task, so it is not the default
+            (bench/RESULTS.md).
         gradient_checkpointing: trade compute for memory (long models at 4096).
         n_best: candidate spans kept per example.
         max_answer_length: longest answer in tokens.

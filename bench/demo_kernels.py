@@ -39,19 +39,20 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/demo-kernels", help="folder for the runs (one subfolder per run)")
     p.add_argument("--precision", default="auto")
     a = p.parse_args()
+    runs = [(seed, variant, Path(a.out) / f"{variant}-seed{seed}") for seed in a.seeds for variant in a.variants]
+    taken = [str(out) for _, _, out in runs if out.exists()]
+    if taken:  # checked for every run before any starts: runs are not overwritten
+        print(f"{taken[0]} exists: pick another --out", file=sys.stderr)
+        sys.exit(2)
     scores: dict[str, list[float]] = {v: [] for v in a.variants}
-    for seed in a.seeds:
-        for variant in a.variants:
-            out = Path(a.out) / f"{variant}-seed{seed}"
-            if out.exists():
-                sys.exit(f"{out} exists: pick another --out (runs are not overwritten)")
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", _CHILD, variant, str(out), str(seed), "--precision", a.precision],
-                           check=True, capture_output=True)
-            wall = time.perf_counter() - start
-            f1 = json.loads((out / "finetune" / "metrics.json").read_text())["eval"]["f1"]
-            scores[variant].append(f1)
-            print(f"seed {seed} {variant:8s} F1 {f1:6.1f}  wall {wall:5.0f} s", flush=True)
+    for seed, variant, out in runs:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", _CHILD, variant, str(out), str(seed), "--precision", a.precision],
+                       check=True, capture_output=True)
+        wall = time.perf_counter() - start
+        f1 = json.loads((out / "finetune" / "metrics.json").read_text())["eval"]["f1"]
+        scores[variant].append(f1)
+        print(f"seed {seed} {variant:8s} F1 {f1:6.1f}  wall {wall:5.0f} s", flush=True)
     for variant, f1s in scores.items():
         spread = f" ± {statistics.stdev(f1s):.1f}" if len(f1s) > 1 else ""
         print(f"{variant:8s} mean F1 {statistics.mean(f1s):.1f}{spread} over seeds {a.seeds}: {[round(f, 1) for f in f1s]}")

@@ -105,10 +105,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     dropped with `drop_mask`; the 1 / (1 - p) scaling is applied to the [.., L, d] output, not to the [.., L, L]
     probabilities. `mask`: bool (True = attend) or additive float, broadcastable to [.., L_q, L_k].
 
-    Scores and softmax are computed in fp32 for bf16/fp16 inputs, as SDPA's CPU kernels (math and flash) do:
-    bf16 scores alone doubled the output's error against fp32 (mean |error| 0.0094 vs SDPA's 0.0047) and cost
-    learning (the demo's F1 79 / 15 against 100 / 35 at seeds 0 / 1). The probabilities then go to the values'
-    dtype for the second matmul. Under autocast the inputs are first cast as autocast casts SDPA's."""
+    For bf16/fp16 inputs everything after the inputs is computed in fp32 and the output cast back, as SDPA's
+    math path (the one torch takes with dropout on CPU) does. bf16 scores doubled the output's error against
+    fp32 (mean |error| 0.0094 vs SDPA's 0.0047) and cost learning (the demo's F1 79 / 15 against 100 / 35 at
+    seeds 0 / 1); bf16 probabilities in the second matmul still doubled the gradients' error against the math
+    path's (bench/RESULTS.md). Under autocast the inputs are first cast as autocast casts SDPA's."""
     if not _fast(q, dropout_p, True):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     if torch.is_autocast_enabled("cpu"):  # SDPA is on CPU autocast's lower-precision list
@@ -123,9 +124,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
                 scores = scores.masked_fill_(~mask, torch.finfo(acc).min)
             else:
                 scores = scores.add_(mask)
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
+        probs = torch.softmax(scores, dim=-1)
         probs = torch.where(drop_mask(probs.shape, dropout_p, probs.device), 0.0, probs)
-        return torch.matmul(probs, v).mul_(1.0 / (1.0 - dropout_p))
+        return torch.matmul(probs, v.to(acc)).mul_(1.0 / (1.0 - dropout_p)).to(v.dtype)
 
 
 def hf_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -102,14 +102,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """`F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)` (not causal).
 
     With dropout on a CPU tensor, the probabilities are computed explicitly (as SDPA's math path does) and
-    dropped with `drop_mask`; the 1 / (1 - p) scaling is applied to the [.., L, d] output, not to the [.., L, L]
-    probabilities. `mask`: bool (True = attend) or additive float, broadcastable to [.., L_q, L_k].
+    dropped with `drop_mask`, then scaled by 1 / (1 - p). `mask`: bool (True = attend) or additive float,
+    broadcastable to [.., L_q, L_k].
 
-    For bf16/fp16 inputs everything after the inputs is computed in fp32 and the output cast back, as SDPA's
-    math path (the one torch takes with dropout on CPU) does. bf16 scores doubled the output's error against
-    fp32 (mean |error| 0.0094 vs SDPA's 0.0047) and cost learning (the demo's F1 79 / 15 against 100 / 35 at
-    seeds 0 / 1); bf16 probabilities in the second matmul still doubled the gradients' error against the math
-    path's (bench/RESULTS.md). Under autocast the inputs are first cast as autocast casts SDPA's."""
+    For bf16/fp16 inputs the scores and softmax are computed in fp32, as SDPA's CPU kernels do, and the scaled
+    probabilities are rounded once to the values' dtype for the second matmul, as SDPA's flash kernel (torch's
+    choice without dropout) does. bf16 scores doubled the output's error against fp32 and cost learning (the
+    demo's F1 79 / 15 against 100 / 35 at seeds 0 / 1); scaling the rounded output instead of the probabilities
+    added 15-25% to the error of the output and gradients against SDPA's math path (torch's choice with dropout);
+    computing the second matmul in fp32 too, as that path does, matched it but cost ~10% of a bf16 step
+    (bench/RESULTS.md). Under autocast the inputs are first cast as autocast casts SDPA's.
+    """
     if not _fast(q, dropout_p, True):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     if torch.is_autocast_enabled("cpu"):  # SDPA is on CPU autocast's lower-precision list
@@ -126,7 +129,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
                 scores = scores.add_(mask)
         probs = torch.softmax(scores, dim=-1)
         probs = torch.where(drop_mask(probs.shape, dropout_p, probs.device), 0.0, probs)
-        return torch.matmul(probs, v.to(acc)).mul_(1.0 / (1.0 - dropout_p)).to(v.dtype)
+        if v.dtype == acc:  # fp32: scale the [.., L, d] output (d / L_k of the probabilities' elements)
+            return torch.matmul(probs, v).mul_(1.0 / (1.0 - dropout_p))
+        # bf16/fp16: scale before the probabilities are rounded, so the output is rounded once, not twice
+        return torch.matmul(probs.mul_(1.0 / (1.0 - dropout_p)).to(v.dtype), v)
 
 
 def hf_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

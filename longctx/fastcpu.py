@@ -110,8 +110,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     choice without dropout) does. bf16 scores doubled the output's error against fp32 and cost learning (the
     demo's F1 79 / 15 against 100 / 35 at seeds 0 / 1); scaling the rounded output instead of the probabilities
     added 15-25% to the error of the output and gradients against SDPA's math path (torch's choice with dropout);
-    computing the second matmul in fp32 too, as that path does, matched it but cost ~10% of a bf16 step
-    (bench/RESULTS.md). Under autocast the inputs are first cast as autocast casts SDPA's.
+    an fp32 second matmul, as that path does, matches it at 3% more time per call; not yet measured on the whole
+    job (bench/attention_rounding.py, bench/RESULTS.md). Under autocast the inputs are first cast as autocast
+    casts SDPA's.
     """
     if not _fast(q, dropout_p, True):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
